@@ -1,0 +1,191 @@
+"""Force-field presets and the one function that turns a prepared topology into an OpenMM System.
+
+A preset is data (a frozen dataclass in :data:`PRESETS`), not a branch in code: adding one is adding
+an entry. Every number that decides the physics is recorded by :meth:`ForceFieldPreset.describe`,
+so reference MD and hybrid runs write it into their JSON.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import openmm
+import openmm.app as app
+import openmm.unit as u
+
+from openmm_starmd.errors import StarMDError
+
+
+@dataclass(frozen=True)
+class ForceFieldPreset:
+    """Everything needed to build an OpenMM ``System`` and its integrator for one kind of simulation.
+
+    Attributes
+    ----------
+    name
+        Preset name used on the command line.
+    files
+        OpenMM force-field XML files, in order.
+    nonbonded_method
+        Name of an ``openmm.app`` nonbonded method (``NoCutoff``, ``PME``, ...).
+    nonbonded_cutoff_nm
+        Cutoff in nm (ignored by ``NoCutoff``).
+    constraints
+        Name of an ``openmm.app`` constraint set (``HBonds``, ``AllBonds``, or ``None``).
+    hydrogen_mass_amu
+        Hydrogen mass repartitioning target in amu; ``None`` keeps natural masses.
+    timestep_ps
+        Integrator time step in ps that this preset is stable with.
+    solvent
+        ``"implicit"`` or ``"explicit"``; explicit presets add TIP3P water in a periodic box.
+    padding_nm
+        Water padding around the protein, explicit presets only.
+    """
+
+    name: str
+    files: tuple[str, ...]
+    nonbonded_method: str
+    nonbonded_cutoff_nm: float
+    constraints: str | None
+    hydrogen_mass_amu: float | None
+    timestep_ps: float
+    solvent: str
+    padding_nm: float = 1.0
+
+    def describe(self) -> dict:
+        """The preset as a JSON-ready dict."""
+        data = asdict(self)
+        data["files"] = list(self.files)
+        return data
+
+
+PRESETS: dict[str, ForceFieldPreset] = {
+    preset.name: preset
+    for preset in (
+        ForceFieldPreset(
+            name="implicit",
+            files=("amber14-all.xml", "implicit/gbn2.xml"),
+            nonbonded_method="NoCutoff",
+            nonbonded_cutoff_nm=1.0,
+            constraints="HBonds",
+            hydrogen_mass_amu=None,
+            timestep_ps=0.002,
+            solvent="implicit",
+        ),
+        # What ../shared/data/md was made with: OBC implicit solvent, heavy hydrogens and a 4 fs step.
+        ForceFieldPreset(
+            name="implicit-fast",
+            files=("amber99sbildn.xml", "amber99_obc.xml"),
+            nonbonded_method="NoCutoff",
+            nonbonded_cutoff_nm=1.0,
+            constraints="HBonds",
+            hydrogen_mass_amu=1.5,
+            timestep_ps=0.004,
+            solvent="implicit",
+        ),
+        ForceFieldPreset(
+            name="explicit",
+            files=("amber14-all.xml", "amber14/tip3p.xml"),
+            nonbonded_method="PME",
+            nonbonded_cutoff_nm=1.0,
+            constraints="HBonds",
+            hydrogen_mass_amu=None,
+            timestep_ps=0.002,
+            solvent="explicit",
+            padding_nm=1.0,
+        ),
+    )
+}
+DEFAULT_PRESET = "implicit"
+
+
+def get_preset(name: str) -> ForceFieldPreset:
+    """Look up a preset by name, with a one-line error listing the choices."""
+    if name not in PRESETS:
+        raise StarMDError(f"unknown force-field preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name]
+
+
+def build_system(
+    topology: app.Topology,
+    positions: u.Quantity,
+    preset: str | ForceFieldPreset = DEFAULT_PRESET,
+) -> tuple[openmm.System, app.Topology, u.Quantity]:
+    """Build an OpenMM ``System`` for a prepared protein with a named force-field preset.
+
+    Parameters
+    ----------
+    topology
+        Prepared all-atom topology (hydrogens present), e.g. from :func:`openmm_starmd.prep.prepare`.
+    positions
+        Positions, shape [n_atoms, 3], nm.
+    preset
+        Preset name (see :data:`PRESETS`) or a :class:`ForceFieldPreset`.
+
+    Returns
+    -------
+    system, topology, positions
+        Explicit presets add water and ions, so the returned topology and positions may differ from
+        the input; implicit presets return them unchanged.
+    """
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    forcefield = app.ForceField(*preset.files)
+    if preset.solvent == "explicit":
+        modeller = app.Modeller(topology, positions)
+        modeller.addSolvent(forcefield, model="tip3p", padding=preset.padding_nm * u.nanometer)
+        topology, positions = modeller.topology, modeller.positions
+    kwargs = {
+        "nonbondedMethod": getattr(app, preset.nonbonded_method),
+        "constraints": getattr(app, preset.constraints) if preset.constraints else None,
+    }
+    if preset.nonbonded_method != "NoCutoff":
+        kwargs["nonbondedCutoff"] = preset.nonbonded_cutoff_nm * u.nanometer
+    if preset.hydrogen_mass_amu is not None:
+        kwargs["hydrogenMass"] = preset.hydrogen_mass_amu * u.amu
+    try:
+        system = forcefield.createSystem(topology, **kwargs)
+    except ValueError as exc:
+        # OpenMM's message names the residue it could not template; keep it, on one line.
+        first = str(exc).strip().splitlines()[0]
+        raise StarMDError(f"force field {preset.name!r} cannot build this structure: {first} "
+                          "(run `starmd prepare` on it first)") from None
+    return system, topology, positions
+
+
+def make_integrator(
+    preset: str | ForceFieldPreset,
+    temperature_k: float = 300.0,
+    friction_per_ps: float = 1.0,
+    seed: int | None = None,
+) -> openmm.LangevinMiddleIntegrator:
+    """A ``LangevinMiddleIntegrator`` with the preset's time step.
+
+    Parameters
+    ----------
+    temperature_k
+        Bath temperature, K.
+    friction_per_ps
+        Friction coefficient, 1/ps.
+    seed
+        Random seed of the integrator; ``None`` lets OpenMM choose.
+    """
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    integrator = openmm.LangevinMiddleIntegrator(
+        temperature_k * u.kelvin, friction_per_ps / u.picosecond, preset.timestep_ps * u.picosecond
+    )
+    if seed is not None:
+        integrator.setRandomNumberSeed(int(seed) % 2**31)
+    return integrator
+
+
+def fastest_platform(name: str | None = None) -> openmm.Platform:
+    """The named OpenMM platform, or the fastest one available (CUDA > OpenCL > CPU > Reference)."""
+    names = [openmm.Platform.getPlatform(i).getName() for i in range(openmm.Platform.getNumPlatforms())]
+    if name is not None:
+        if name not in names:
+            raise StarMDError(f"OpenMM platform {name!r} is not available here: choose one of {', '.join(names)}")
+        return openmm.Platform.getPlatformByName(name)
+    return max(
+        (openmm.Platform.getPlatform(i) for i in range(openmm.Platform.getNumPlatforms())),
+        key=lambda platform: platform.getSpeed(),
+    )
