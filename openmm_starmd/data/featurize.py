@@ -1,0 +1,135 @@
+"""Per-residue features of a topology (sequence, numbering, chains), aligned with the residue frames.
+
+One entry per residue of the topology, in topology order, exactly as in
+:mod:`openmm_starmd.frames.protein` (residues without N, CA, C are present but masked).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, fields
+
+import torch
+
+from openmm_starmd.frames.protein import (
+    RESIDUE_NAMES,
+    backbone_atom_indices,
+    canonical_residue_name,
+    chain_breaks,
+    residue_records,
+)
+
+__all__ = [
+    "NUM_RESIDUE_TYPES",
+    "UNKNOWN_RESIDUE",
+    "ProteinFeatures",
+    "chain_break",
+    "chain_index",
+    "featurize_topology",
+    "residue_index",
+    "residue_mask",
+    "residue_type",
+    "residue_type_index",
+]
+
+UNKNOWN_RESIDUE = len(RESIDUE_NAMES)  # 20: caps, ligands, water, non-standard residues
+NUM_RESIDUE_TYPES = UNKNOWN_RESIDUE + 1
+_TYPE_OF = {name: i for i, name in enumerate(RESIDUE_NAMES)}
+
+
+def residue_type_index(name: str) -> int:
+    """Index 0-19 of a standard residue name (variants such as HIE map to HIS), else 20."""
+    return _TYPE_OF.get(canonical_residue_name(name), UNKNOWN_RESIDUE)
+
+
+@dataclass(frozen=True)
+class ProteinFeatures:
+    """Sequence-level features of N residues.
+
+    Attributes
+    ----------
+    residue_type
+        LongTensor ``[N]``: 0-19 in the order of ``RESIDUE_NAMES``, 20 = unknown.
+    residue_index
+        LongTensor ``[N]``: position in its chain counted from 0, numbering gaps kept (residues 1, 2, 5
+        give 0, 1, 4).
+    chain_index
+        LongTensor ``[N]``: chain of each residue (0-based, topology order).
+    chain_break
+        BoolTensor ``[N]``: True where residue i does not continue residue i-1 (the first residue,
+        a new chain or a gap in the numbering).
+    residue_mask
+        BoolTensor ``[N]``: True where the residue has N, CA and C (has a frame).
+    """
+
+    residue_type: torch.Tensor
+    residue_index: torch.Tensor
+    chain_index: torch.Tensor
+    chain_break: torch.Tensor
+    residue_mask: torch.Tensor
+
+    @property
+    def num_residues(self) -> int:
+        return int(self.residue_type.shape[0])
+
+    @property
+    def sequence(self) -> str:
+        """One-letter sequence, ``X`` for unknown residues."""
+        letters = "ARNDCQEGHILKMFPSTWYVX"
+        return "".join(letters[int(t)] for t in self.residue_type)
+
+    def crop(self, start: int, stop: int) -> ProteinFeatures:
+        """Residues ``start:stop``; the first kept residue is marked as a chain break."""
+        values = {f.name: getattr(self, f.name)[start:stop].clone() for f in fields(self)}
+        if stop > start:
+            values["chain_break"][0] = True
+        return ProteinFeatures(**values)
+
+    def as_dict(self) -> dict[str, torch.Tensor]:
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+
+def featurize_topology(topology) -> ProteinFeatures:
+    """Features of every residue of an OpenMM ``Topology`` or an ``mdtraj.Topology``."""
+    records = residue_records(topology)
+    breaks = chain_breaks(records)
+    index = []
+    for i, rec in enumerate(records):
+        if breaks[i] and (i == 0 or records[i - 1].chain_index != rec.chain_index):
+            index.append(0)
+        elif rec.resseq is not None and records[i - 1].resseq is not None:
+            index.append(index[-1] + max(rec.resseq - records[i - 1].resseq, 1))
+        else:
+            index.append(index[-1] + 1)
+    _, residue_mask = backbone_atom_indices(topology)
+    return ProteinFeatures(
+        residue_type=torch.tensor([residue_type_index(r.name) for r in records], dtype=torch.long),
+        residue_index=torch.tensor(index, dtype=torch.long),
+        chain_index=torch.tensor([r.chain_index for r in records], dtype=torch.long),
+        chain_break=breaks,
+        residue_mask=residue_mask,
+    )
+
+
+def residue_type(topology) -> torch.Tensor:
+    """LongTensor ``[N]`` of residue types (0-19, 20 = unknown); see :class:`ProteinFeatures`."""
+    return featurize_topology(topology).residue_type
+
+
+def residue_index(topology) -> torch.Tensor:
+    """LongTensor ``[N]``: position in the chain from 0, numbering gaps kept; see :class:`ProteinFeatures`."""
+    return featurize_topology(topology).residue_index
+
+
+def chain_index(topology) -> torch.Tensor:
+    """LongTensor ``[N]``: 0-based chain of each residue."""
+    return featurize_topology(topology).chain_index
+
+
+def chain_break(topology) -> torch.Tensor:
+    """BoolTensor ``[N]``: True where residue i does not continue residue i-1 (new chain or gap)."""
+    return featurize_topology(topology).chain_break
+
+
+def residue_mask(topology) -> torch.Tensor:
+    """BoolTensor ``[N]``: True where the residue has N, CA and C (a frame)."""
+    return featurize_topology(topology).residue_mask
