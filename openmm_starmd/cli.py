@@ -57,7 +57,7 @@ def _add_md(sub: argparse._SubParsersAction) -> None:
     p.add_argument("input", help="prepared PDB (from `starmd prepare`)")
     p.add_argument("-o", "--output", required=True, help="output root; writes OUTPUT/NAME/")
     p.add_argument("--name", help="system name (default: input file stem)")
-    p.add_argument("--time", default="10ns", help="simulated time per replica, e.g. 500ps, 10ns (default 10ns)")
+    p.add_argument("--time", default="10ns", help="saved time per replica, e.g. 500ps, 10ns (default 10ns)")
     p.add_argument("--stride", default="10ps", help="time between saved frames (default 10ps)")
     p.add_argument("--equilibration", default="200ps", help="equilibration before saving (default 200ps)")
     p.add_argument("--replicas", type=int, default=3, help="independent replicas (default 3)")
@@ -68,6 +68,9 @@ def _add_md(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--platform", help="OpenMM platform (default: fastest available)")
     p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--checkpoint-interval", type=float, default=60.0,
+                   help="wall-clock seconds between checkpoints (default 60; 0: after every frame)")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run_md)
 
 
@@ -77,28 +80,132 @@ def _run_md(args: argparse.Namespace) -> None:
 
     if args.replicas < 1:
         raise StarMDError(f"--replicas must be at least 1, got {args.replicas}")
+    equilibration = args.equilibration.strip()
     folder = reference.run_reference_md(
         args.input, args.output, name=args.name,
         time_ps=parse_time(args.time, "--time"), stride_ps=parse_time(args.stride, "--stride"),
-        equilibration_ps=0.0 if args.equilibration in ("0", "0ps") else parse_time(args.equilibration,
-                                                                                   "--equilibration"),
+        equilibration_ps=0.0 if equilibration in ("0", "0ps", "0ns") else parse_time(equilibration,
+                                                                                      "--equilibration"),
         replicas=args.replicas, forcefield=args.forcefield, temperature_k=args.temperature,
         friction_per_ps=args.friction, seed=args.seed, platform=args.platform,
-        resume=args.resume, overwrite=args.overwrite,
+        resume=args.resume, overwrite=args.overwrite, checkpoint_interval_s=args.checkpoint_interval,
+        show_progress=not args.no_progress,
     )
     print(f"wrote {folder}")
 
 
 # ----------------------------------------------------------------------------------------- train
 # (model issue: `starmd train DATA_DIR [DATA_DIR...] -o model_dir --preset small --steps N`)
+def _add_train(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("train", help="train a STAR-MD model on reference trajectories (ATLAS layout)")
+    p.add_argument("data", nargs="+", help="trajectory folder(s) NAME/ with NAME.pdb and NAME_R*.xtc")
+    p.add_argument("-o", "--output", required=True, help="model folder to write")
+    p.add_argument("--preset", default="small", choices=["tiny", "small", "base"], help="model size (default small)")
+    p.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
+    p.add_argument("--batch-size", type=int, default=4, help="windows per step and rank (default 4)")
+    p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
+    p.add_argument("--warmup", type=int, default=100, help="warm-up steps (default 100)")
+    p.add_argument("--window", type=int, help="frames per training window K (default: the preset's)")
+    p.add_argument("--val-fraction", type=float, default=0.1,
+                   help="last fraction of each trajectory held out for validation (default 0.1)")
+    p.add_argument("--val-every", type=int, default=200, help="steps between validation losses (default 200)")
+    p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
+    p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
+    p.add_argument("--resume", action="store_true", help="continue the run saved in --output")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
+    p.set_defaults(func=_run_train)
+
+
+def _run_train(args: argparse.Namespace) -> None:
+    import torch
+
+    from openmm_starmd.train.run import train_from_folders
+
+    if args.threads is not None:
+        if args.threads < 1:
+            raise StarMDError(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    summary = train_from_folders(
+        args.data, args.output, preset_name=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
+        warmup_steps=args.warmup, window=args.window, val_fraction=args.val_fraction, val_every=args.val_every,
+        checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, resume=args.resume,
+        overwrite=args.overwrite,
+    )
+    if summary is not None:
+        print(f"wrote {args.output}: {summary['step']} steps, train loss {summary['train_loss']:.4f}, "
+              f"val loss {summary['val_loss']}, {summary['wall_s']:.0f} s")
 
 
 # -------------------------------------------------------------------------------------- simulate
 # (hybrid issue: `starmd simulate INPUT.pdb --time 1us --jump 1ns -o run_dir ...`)
+def _add_simulate(sub: argparse._SubParsersAction) -> None:
+    from openmm_starmd.forcefields import DEFAULT_PRESET, PRESETS
+
+    p = sub.add_parser("simulate", help="hybrid STAR-MD jumps + OpenMM relaxation into a run folder")
+    p.add_argument("input", help="PDB or mmCIF file (prepared on the fly; ignored with --resume)")
+    p.add_argument("-o", "--output", required=True,
+                   help="run folder (traj.xtc, topology.pdb, log.csv, run.json)")
+    p.add_argument("--time", required=True, help="simulated time, e.g. 100ns, 1us")
+    p.add_argument("--jump", default="1ns", help="simulated time per model jump (default 1ns)")
+    p.add_argument("--model", help="STAR-MD checkpoint folder, or a proposer name (e.g. perturb)")
+    p.add_argument("--relax", default="1ps",
+                   help="MD relaxation after each jump (default 1ps; 0ps: minimise only)")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    p.add_argument("--platform", help="OpenMM platform (default: fastest available)")
+    p.add_argument("--forcefield", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="force-field preset")
+    p.add_argument("--temperature", type=float, default=300.0, help="temperature in K (default 300)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run (settings from run.json)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder's files")
+    p.set_defaults(func=_run_simulate)
+
+
+def _run_simulate(args: argparse.Namespace) -> None:
+    from openmm_starmd.simulation.relax import RelaxSettings
+    from openmm_starmd.simulation.run import run_simulation
+    from openmm_starmd.units import parse_time
+
+    relax_ps = 0.0 if args.relax.strip() in ("0", "0ps") else parse_time(args.relax, "--relax")
+    folder = run_simulation(
+        args.input, args.output, time_ps=parse_time(args.time, "--time"),
+        jump_ps=parse_time(args.jump, "--jump"), model=args.model, relax=RelaxSettings(time_ps=relax_ps),
+        seed=args.seed, platform=args.platform, forcefield=args.forcefield, temperature_k=args.temperature,
+        overwrite=args.overwrite, resume=args.resume,
+    )
+    print(f"wrote {folder}")
 
 
 # -------------------------------------------------------------------------------------- validate
 # (validation issue: `starmd validate GEN.xtc ... --ref REF.xtc ... --top TOP.pdb --out DIR`)
+def _add_validate(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("validate",
+                       help="compare generated trajectories with reference MD (metrics, report, plots)")
+    p.add_argument("generated", nargs="+", help="generated trajectory file(s) (xtc, dcd, ...)")
+    p.add_argument("--ref", nargs="+", required=True, help="reference MD replica trajectory file(s)")
+    p.add_argument("--top", required=True, help="topology (PDB) of the reference trajectories")
+    p.add_argument("--gen-top", help="topology of the generated trajectories if it differs from --top")
+    p.add_argument("--out", required=True, help="output folder (metrics.json, report.md, PNG plots)")
+    p.add_argument("--lag", default="100ps",
+                   help="TICA/VAMP lag as a time (100ps) or frames (10); default 100ps")
+    p.add_argument("--features", default="torsions", choices=["torsions", "distances"],
+                   help="TICA/VAMP features: backbone torsions or CA distances (default torsions)")
+    p.add_argument("--windows", type=int, default=5,
+                   help="successive windows for the drift table (default 5)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.set_defaults(func=_run_validate)
+
+
+def _run_validate(args: argparse.Namespace) -> None:
+    from openmm_starmd.analysis.report import validate
+
+    if args.windows < 1:
+        raise StarMDError(f"--windows must be at least 1, got {args.windows}")
+    folder = validate(args.generated, args.ref, args.top, args.out, gen_top=args.gen_top, lag=args.lag,
+                      features=args.features, windows=args.windows, overwrite=args.overwrite,
+                      progress=sys.stderr.isatty())
+    print(f"wrote {folder}: metrics.json, report.md and plots")
 
 
 # ------------------------------------------------------------------------------------------ main
