@@ -36,6 +36,7 @@ setup(
         # Third-party proposers register here (the openmm-ml pattern); ours is registered the same way.
         "openmm_starmd.proposers": [
             "starmd=openmm_starmd.simulation.proposer:StarMDProposerFactory",
+            "perturb=openmm_starmd.simulation.proposer:PerturbationProposerFactory",
         ],
     },
 )

@@ -141,7 +141,7 @@ def _run_train(args: argparse.Namespace) -> None:
 # -------------------------------------------------------------------------------------- simulate
 # (hybrid issue: `starmd simulate INPUT.pdb --time 1us --jump 1ns -o run_dir ...`)
 def _add_simulate(sub: argparse._SubParsersAction) -> None:
-    from openmm_starmd.forcefields import DEFAULT_PRESET, PRESETS
+    from openmm_starmd.forcefields import PRESETS
 
     p = sub.add_parser("simulate", help="hybrid STAR-MD jumps + OpenMM relaxation into a run folder")
     p.add_argument("input", help="PDB or mmCIF file (prepared on the fly; ignored with --resume)")
@@ -154,7 +154,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                    help="MD relaxation after each jump (default 1ps; 0ps: minimise only)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--platform", help="OpenMM platform (default: fastest available)")
-    p.add_argument("--forcefield", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="force-field preset")
+    p.add_argument("--forcefield", default="implicit-fast", choices=sorted(PRESETS),
+                   help="force-field preset (default implicit-fast: the force field of the training MD)")
     p.add_argument("--temperature", type=float, default=300.0, help="temperature in K (default 300)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run (settings from run.json)")

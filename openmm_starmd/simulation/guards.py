@@ -1,0 +1,162 @@
+"""Guards: decide whether a proposed or relaxed structure may enter the trajectory.
+
+Two checkpoints per jump. Before OpenMM sees anything, :meth:`Guard.check_proposal` screens the
+model output (finite, proper rotations) and the mapped all-atom target (finite, chain not torn far
+beyond what a restrained minimisation can heal). After relaxation, :meth:`Guard.check_relaxed`
+applies the validation thresholds of :mod:`openmm_starmd.analysis.validity` (CA–CA breaks, CA and
+heavy-atom clashes) plus a finite energy and no CA chirality flip. Each check returns ``None`` when
+the structure passes, else the name of the failed check (the rejection counters' keys).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass
+
+import mdtraj as md
+import numpy as np
+import openmm.app as app
+import torch
+
+from openmm_starmd.analysis import validity
+from openmm_starmd.errors import StarMDError
+
+# Rejection reasons (keys of the rejection counters).
+NONFINITE_PROPOSAL = "nonfinite_proposal"
+BAD_ROTATION = "bad_rotation"
+TORN_TARGET = "torn_target"
+OPENMM_ERROR = "openmm_error"
+NONFINITE_ENERGY = "nonfinite_energy"
+CA_BREAK = "ca_break"
+CA_CLASH = "ca_clash"
+HEAVY_CLASH = "heavy_clash"
+CHIRALITY_FLIP = "chirality_flip"
+REASONS = (NONFINITE_PROPOSAL, BAD_ROTATION, TORN_TARGET, OPENMM_ERROR, NONFINITE_ENERGY, CA_BREAK,
+           CA_CLASH, HEAVY_CLASH, CHIRALITY_FLIP)
+
+
+@dataclass(frozen=True)
+class GuardSettings:
+    """Limits of the guards and of the retries.
+
+    Attributes
+    ----------
+    max_resamples
+        Failed proposals re-sampled (new random numbers) per time step before Δt is halved.
+    max_halvings
+        How often Δt may be halved (each half jump guarded on its own) before the cycle fails.
+    target_break_nm
+        Longest bonded CA–CA distance of the mapped target that relaxation is asked to heal, nm.
+    rotation_tolerance
+        Largest ``|RᵀR - I|`` entry accepted from the model.
+    """
+
+    max_resamples: int = 3
+    max_halvings: int = 2
+    target_break_nm: float = 0.6
+    rotation_tolerance: float = 1e-3
+
+    def __post_init__(self) -> None:
+        if self.max_resamples < 0 or self.max_halvings < 0:
+            raise StarMDError("max_resamples and max_halvings must be >= 0")
+
+    def describe(self) -> dict:
+        """The settings, and the validity thresholds used after relaxation, as a JSON-ready dict."""
+        return {**asdict(self), "ca_break_nm": validity.CA_BOND_BREAK_NM, "ca_clash_nm": validity.CA_CLASH_NM,
+                "heavy_clash_nm": validity.HEAVY_CLASH_NM}
+
+
+def chirality_signs(positions: np.ndarray, chiral: np.ndarray) -> np.ndarray:
+    """Handedness of each CA: sign of the volume ``(N - CA) · ((C - CA) × (CB - CA))``.
+
+    Parameters
+    ----------
+    positions
+        ``[n_atoms, 3]`` nm.
+    chiral
+        ``[K, 4]`` atom indices (N, CA, C, CB).
+
+    Returns
+    -------
+    numpy.ndarray
+        ``[K]`` of +1 / -1 (L residues share one sign).
+    """
+    if len(chiral) == 0:
+        return np.zeros(0, dtype=np.int8)
+    n, ca, c, cb = (positions[chiral[:, k]] for k in range(4))
+    volume = np.einsum("ki,ki->k", n - ca, np.cross(c - ca, cb - ca))
+    return np.where(volume >= 0.0, 1, -1).astype(np.int8)
+
+
+def chiral_centres(topology: app.Topology, backbone: np.ndarray) -> np.ndarray:
+    """``[K, 4]`` (N, CA, C, CB) atom indices of every residue that has all four (i.e. not glycine)."""
+    rows = []
+    for residue, (n, ca, c, _o) in zip(topology.residues(), backbone, strict=True):
+        cb = [atom.index for atom in residue.atoms() if atom.name == "CB"]
+        if cb and min(n, ca, c) >= 0:
+            rows.append((n, ca, c, cb[0]))
+    return np.array(rows, dtype=np.int64).reshape(-1, 4)
+
+
+class Guard:
+    """The checks of one topology.
+
+    Parameters
+    ----------
+    topology
+        The simulated topology.
+    backbone
+        ``[N, 4]`` backbone atom indices (N, CA, C, O; -1 missing), from the atom map.
+    settings
+        Limits.
+    """
+
+    def __init__(self, topology: app.Topology, backbone: np.ndarray, settings: GuardSettings) -> None:
+        self.settings = settings
+        self.md_topology = md.Topology.from_openmm(topology)
+        self.chiral = chiral_centres(topology, backbone)
+        bonded, _ = validity._ca_pairs(self.md_topology)
+        self.bonded_ca = bonded
+        self.reference_chirality: np.ndarray | None = None
+
+    def set_reference(self, positions: np.ndarray) -> None:
+        """Record the CA handedness of the starting structure ``[n_atoms, 3]`` nm."""
+        self.reference_chirality = chirality_signs(positions, self.chiral)
+
+    def check_proposal(self, rotations: torch.Tensor, translations: torch.Tensor) -> str | None:
+        """Screen model output ``[N, 3, 3]``, ``[N, 3]`` (nm) before it is used at all."""
+        if not (torch.isfinite(rotations).all() and torch.isfinite(translations).all()):
+            return NONFINITE_PROPOSAL
+        rot = rotations.double()
+        eye = torch.eye(3, dtype=rot.dtype)
+        error = (rot.transpose(-1, -2) @ rot - eye).abs().amax() if rot.numel() else torch.tensor(0.0)
+        det_ok = bool((torch.linalg.det(rot) > 0).all()) if rot.numel() else True
+        if float(error) > self.settings.rotation_tolerance or not det_ok:
+            return BAD_ROTATION
+        return None
+
+    def check_target(self, positions: np.ndarray) -> str | None:
+        """Screen the mapped all-atom target ``[n_atoms, 3]`` nm before OpenMM sees it."""
+        if not np.isfinite(positions).all():
+            return NONFINITE_PROPOSAL
+        if len(self.bonded_ca):
+            d = np.linalg.norm(positions[self.bonded_ca[:, 0]] - positions[self.bonded_ca[:, 1]], axis=-1)
+            if d.max() > self.settings.target_break_nm:
+                return TORN_TARGET
+        return None
+
+    def check_relaxed(self, positions: np.ndarray, energy_kj_per_mol: float) -> str | None:
+        """Check a relaxed structure ``[n_atoms, 3]`` nm and its potential energy (kJ/mol)."""
+        if not (math.isfinite(energy_kj_per_mol) and np.isfinite(positions).all()):
+            return NONFINITE_ENERGY
+        frame = validity.frame_validity(md.Trajectory(positions[None].astype(np.float32), self.md_topology))
+        if frame.ca_breaks[0] > 0:
+            return CA_BREAK
+        if frame.ca_clashes[0] > 0:
+            return CA_CLASH
+        if frame.heavy_clashes[0] > 0:
+            return HEAVY_CLASH
+        if self.reference_chirality is not None and len(self.chiral):
+            if (chirality_signs(positions, self.chiral) != self.reference_chirality).any():
+                return CHIRALITY_FLIP
+        return None

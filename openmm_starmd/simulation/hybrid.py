@@ -1,0 +1,343 @@
+"""StarMDSimulation: an ``openmm.app.Simulation`` whose step is a learned jump plus a short relaxation.
+
+One cycle: the proposer (STAR-MD) proposes residue frames Δt ahead; every atom moves rigidly with its
+residue (:mod:`.reconstruct`); the guards screen the proposal; OpenMM relaxes it (restrained
+minimisation, then Langevin MD with ramped backbone restraints, :mod:`.relax`); the guards check the
+result. A failed proposal is re-sampled, then Δt is halved (two guarded half jumps). The Context's
+time then advances by the jump (``context.setTime``) and its step count by one.
+
+To OpenMM's machinery one cycle *is* one step: ``simulation.integrator`` is a :class:`JumpIntegrator`
+whose step size is the jump and whose ``step(n)`` runs n cycles, so the unchanged
+``Simulation.step`` / ``runForClockTime`` loop schedules reporters (DCD, XTC, StateData,
+Checkpoint, ...) exactly as for MD, and they record the simulated time. The MD integrator used for
+relaxation is ``simulation.md_integrator`` (also ``context.getIntegrator()``).
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+import torch
+
+from openmm_starmd.atomic import atomic_write
+from openmm_starmd.errors import StarMDError
+from openmm_starmd.forcefields import fastest_platform
+from openmm_starmd.simulation import state as blob
+from openmm_starmd.simulation.guards import OPENMM_ERROR, REASONS, Guard, GuardSettings
+from openmm_starmd.simulation.proposer import Proposer, resolve_proposer
+from openmm_starmd.simulation.reconstruct import AtomMap, require_implicit_solvent
+from openmm_starmd.simulation.relax import BackboneRestraints, RelaxSettings, relax
+from openmm_starmd.units import to_kelvin, to_ps
+
+
+class JumpRejectedError(StarMDError):
+    """Every proposal of a cycle failed the guards, down to the smallest allowed Δt."""
+
+
+@dataclass
+class CycleStats:
+    """What one jump cycle did: rejections by reason, halvings, and where the wall time went (s)."""
+
+    rejections: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
+    halvings: int = 0
+    model_s: float = 0.0
+    openmm_s: float = 0.0
+    wall_s: float = 0.0
+
+    @property
+    def num_rejections(self) -> int:
+        return sum(self.rejections.values())
+
+
+class JumpIntegrator:
+    """``Simulation.integrator`` of a :class:`StarMDSimulation`: step size = jump, one step = one cycle.
+
+    Every other attribute is the MD integrator's.
+    """
+
+    def __init__(self, simulation: StarMDSimulation) -> None:
+        self._simulation = simulation
+
+    def getStepSize(self) -> u.Quantity:
+        return self._simulation.jump_ps * u.picosecond
+
+    def step(self, steps: int) -> None:
+        for _ in range(int(steps)):
+            self._simulation._cycle()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._simulation.md_integrator, name)
+
+
+def default_integrator(system: openmm.System, topology: app.Topology, temperature_k: float,
+                       seed: int) -> openmm.LangevinMiddleIntegrator:
+    """Langevin (1/ps) at ``temperature_k`` with 4 fs when hydrogens are heavy and constrained, else 2 fs."""
+    h_mass = [system.getParticleMass(a.index).value_in_unit(u.dalton) for a in topology.atoms()
+              if a.element is not None and a.element.symbol == "H"]
+    constrained = system.getNumConstraints() > 0
+    step_ps = 0.004 if constrained and h_mass and min(h_mass) >= 1.4 else 0.002 if constrained else 0.001
+    integrator = openmm.LangevinMiddleIntegrator(temperature_k * u.kelvin, 1.0 / u.picosecond,
+                                                 step_ps * u.picosecond)
+    integrator.setRandomNumberSeed(int(seed) % 2**31)
+    return integrator
+
+
+class StarMDSimulation(app.Simulation):
+    """Hybrid simulation: learned jumps of ``jump`` each, relaxed by OpenMM.
+
+    Parameters
+    ----------
+    topology
+        Implicit-solvent all-atom protein topology.
+    system
+        Its System; a copy gets the restraint force, the caller's object is not changed.
+    proposer
+        A :class:`~openmm_starmd.simulation.proposer.Proposer`, a loaded STAR-MD network, a registered
+        proposer name (``perturb``, entry points) or a STAR-MD checkpoint folder.
+    jump
+        Simulated time per cycle (Quantity or ps).
+    relax
+        :class:`RelaxSettings`, or just the MD segment length (Quantity or ps).
+    guards
+        :class:`GuardSettings` (retries, limits).
+    integrator
+        MD integrator for relaxation; default Langevin 1/ps at ``temperature`` with a 2 or 4 fs step.
+    platform
+        OpenMM Platform or its name; default the fastest.
+    platformProperties
+        As for ``openmm.app.Simulation``.
+    seed
+        Seeds the proposer's and the relaxation's random numbers (and the default integrator).
+    temperature
+        Temperature of the default integrator (Quantity or K).
+    """
+
+    def __init__(
+        self,
+        topology: app.Topology,
+        system: openmm.System,
+        proposer: Proposer | torch.nn.Module | str | os.PathLike,
+        jump: u.Quantity | float = 1.0 * u.nanosecond,
+        relax: RelaxSettings | u.Quantity | float | None = None,
+        guards: GuardSettings | None = None,
+        integrator: openmm.Integrator | None = None,
+        platform: openmm.Platform | str | None = None,
+        platformProperties: dict | None = None,
+        seed: int = 0,
+        temperature: u.Quantity | float = 300.0 * u.kelvin,
+    ) -> None:
+        require_implicit_solvent(topology, system)
+        self.jump_ps = to_ps(jump)
+        if not self.jump_ps > 0.0:
+            raise StarMDError(f"jump must be positive, got {self.jump_ps} ps")
+        if relax is None:
+            relax = RelaxSettings()
+        elif not isinstance(relax, RelaxSettings):
+            relax = RelaxSettings(time_ps=to_ps(relax))
+        self.relax_settings = relax
+        self.guard_settings = guards if guards is not None else GuardSettings()
+        self.atom_map = AtomMap(topology)
+        self.guard = Guard(topology, self.atom_map.backbone, self.guard_settings)
+        self.proposer = resolve_proposer(proposer, topology)
+        system = copy.deepcopy(system)
+        self.restraints = BackboneRestraints(self.atom_map.restrained_atoms)
+        restraint_group = self.restraints.add_to(system)
+        self._physical_groups = {g for g in range(32) if g != restraint_group}
+        if integrator is None:
+            integrator = default_integrator(system, topology, to_kelvin(temperature), seed)
+        if not hasattr(integrator, "getTemperature") and relax.temperature_k is None and relax.time_ps > 0:
+            raise StarMDError("the integrator has no temperature: use a Langevin integrator or set "
+                              "RelaxSettings(temperature_k=...)")
+        if isinstance(platform, str) or platform is None:
+            platform = fastest_platform(platform)
+        super().__init__(topology, system, integrator, platform, platformProperties)
+        self.md_integrator = self.integrator
+        self.integrator = JumpIntegrator(self)
+        self.seed = int(seed)
+        self.generator = torch.Generator().manual_seed(self.seed)
+        self.rejections: dict[str, int] = dict.fromkeys(REASONS, 0)
+        self.halvings = 0
+        self.cycles = 0
+        self.model_s = 0.0
+        self.openmm_s = 0.0
+        self.wall_s = 0.0
+        self.last_cycle: CycleStats | None = None
+        self.started = False
+        self._cycle_start_ps = 0.0
+
+    # ------------------------------------------------------------------------------- running
+    def run(self, time: u.Quantity | float) -> None:
+        """Advance by ``time`` (Quantity or ps), a whole number of jumps."""
+        cycles = to_ps(time) / self.jump_ps
+        if cycles < 0 or abs(cycles - round(cycles)) > 1e-6:
+            raise StarMDError(f"run time {to_ps(time)} ps is not a whole number of {self.jump_ps} ps jumps: "
+                              "give a multiple of the jump")
+        self.step(round(cycles))
+
+    def reset_history(self) -> None:
+        """Restart the proposer's history from the current structure at the next cycle."""
+        self.started = False
+
+    def _start(self, positions: np.ndarray) -> None:
+        self.guard.set_reference(positions)
+        rot, trans = self.atom_map.frames(positions)
+        self.proposer.reset()
+        self.proposer.push(rot.float(), trans.float())
+        self.started = True
+
+    def _cycle(self) -> None:
+        start = time.perf_counter()
+        state0 = self.context.getState(positions=True, velocities=True, parameters=True)
+        step0 = self.context.getStepCount()
+        time0_ps = state0.getTime().value_in_unit(u.picosecond)
+        self._cycle_start_ps = time0_ps
+        positions = state0.getPositions(asNumpy=True).value_in_unit(u.nanometer)
+        if not self.started:
+            self._start(positions)
+        stats = CycleStats()
+        try:
+            self._advance(positions, self.jump_ps, 0, stats)
+        except BaseException:
+            # Leave the simulation where the cycle began. An accepted half jump was already pushed to
+            # the proposer; its history then no longer ends at this structure, so it restarts here.
+            self.context.setState(state0)
+            self.context.setStepCount(step0)
+            if stats.halvings:
+                self.reset_history()
+            raise
+        finally:
+            for key, value in stats.rejections.items():
+                self.rejections[key] += value
+            self.halvings += stats.halvings
+        self.context.setTime(time0_ps + self.jump_ps)
+        self.context.setStepCount(step0 + 1)
+        stats.wall_s = time.perf_counter() - start
+        self.cycles += 1
+        self.model_s += stats.model_s
+        self.openmm_s += stats.openmm_s
+        self.wall_s += stats.wall_s
+        self.last_cycle = stats
+
+    def _advance(self, positions: np.ndarray, dt_ps: float, depth: int, stats: CycleStats) -> np.ndarray:
+        """Move ``positions`` ``[n_atoms, 3]`` nm on by ``dt_ps``; returns the accepted relaxed positions."""
+        old = self.atom_map.frames(positions)
+        N = self.atom_map.num_residues
+        for _ in range(1 + self.guard_settings.max_resamples):
+            start = time.perf_counter()
+            rot, trans = self.proposer.propose(dt_ps, self.generator)
+            stats.model_s += time.perf_counter() - start
+            if tuple(rot.shape) != (N, 3, 3) or tuple(trans.shape) != (N, 3):
+                raise StarMDError(f"proposer {type(self.proposer).__name__} returned frames of shape "
+                                  f"{tuple(rot.shape)}, {tuple(trans.shape)}; expected ({N}, 3, 3), ({N}, 3)")
+            reason = self.guard.check_proposal(rot, trans)
+            if reason is None:
+                target = self.atom_map.move_atoms(positions, old, (rot, trans))
+                reason = self.guard.check_target(target)
+            if reason is None:
+                start = time.perf_counter()
+                relaxed, energy, reason = self._relax(target)
+                stats.openmm_s += time.perf_counter() - start
+            if reason is None:
+                reason = self.guard.check_relaxed(relaxed, energy)
+            if reason is None:
+                rot_new, trans_new = self.atom_map.frames(relaxed)
+                start = time.perf_counter()
+                self.proposer.push(rot_new.float(), trans_new.float())
+                stats.model_s += time.perf_counter() - start
+                return relaxed
+            stats.rejections[reason] += 1
+        if depth >= self.guard_settings.max_halvings:
+            raise JumpRejectedError(
+                f"every proposal of the jump at t = {self._cycle_start_ps:g} ps failed the guards down to "
+                f"dt = {dt_ps:g} ps ({stats.rejections}): use a shorter jump or a better model")
+        stats.halvings += 1
+        half = self._advance(positions, dt_ps / 2, depth + 1, stats)
+        return self._advance(half, dt_ps / 2, depth + 1, stats)
+
+    def _relax(self, target: np.ndarray) -> tuple[np.ndarray, float, str | None]:
+        seed = int(torch.randint(1, 2**31 - 1, (1,), generator=self.generator))
+        try:
+            relax(self.context, self.restraints, self.relax_settings, target, seed)
+            state = self.context.getState(positions=True, energy=True, groups=self._physical_groups)
+        except openmm.OpenMMException:
+            return target, float("nan"), OPENMM_ERROR
+        energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+        return state.getPositions(asNumpy=True).value_in_unit(u.nanometer), energy, None
+
+    # ------------------------------------------------------------------------- checkpoints
+    def _checkpoint_blob(self) -> bytes:
+        tensors = {
+            "openmm": torch.frombuffer(bytearray(self.context.createCheckpoint()), dtype=torch.uint8),
+            "rng": self.generator.get_state(),
+        }
+        proposer_plain: dict[str, Any] = {}
+        if self.started:
+            proposer_tensors, proposer_plain = blob.split_state(self.proposer.state_dict(), "proposer.")
+            tensors.update(proposer_tensors)
+            tensors["chirality"] = torch.as_tensor(self.guard.reference_chirality)
+        meta = {"jump_ps": self.jump_ps, "started": self.started, "proposer": proposer_plain,
+                "rejections": self.rejections, "halvings": self.halvings, "cycles": self.cycles,
+                "model_s": self.model_s, "openmm_s": self.openmm_s, "wall_s": self.wall_s}
+        return blob.pack(tensors, meta)
+
+    def saveCheckpoint(self, file: str | os.PathLike | Any) -> None:
+        """Save the exact state: OpenMM checkpoint, proposer history, random-number state, counters.
+
+        ``file`` is a path (written atomically) or a binary file object.
+        """
+        data = self._checkpoint_blob()
+        if isinstance(file, (str, os.PathLike)):
+            with atomic_write(file, "wb") as handle:
+                handle.write(data)
+        else:
+            file.write(data)
+
+    def loadCheckpoint(self, file: str | os.PathLike | Any) -> None:
+        """Load a file written by :meth:`saveCheckpoint`; the run then continues exactly."""
+        if isinstance(file, (str, os.PathLike)):
+            if not os.path.exists(file):
+                raise StarMDError(f"checkpoint {file} not found: check the path")
+            with open(file, "rb") as handle:
+                data = handle.read()
+        else:
+            data = file.read()
+        tensors, meta = blob.unpack(data)
+        if abs(meta["jump_ps"] - self.jump_ps) > 1e-9 * self.jump_ps:
+            raise StarMDError(f"checkpoint was written with a {meta['jump_ps']:g} ps jump, this simulation "
+                              f"jumps {self.jump_ps:g} ps: use the same jump to resume")
+        self.context.loadCheckpoint(tensors["openmm"].numpy().tobytes())
+        self.generator.set_state(tensors["rng"])
+        self.started = bool(meta["started"])
+        if self.started:
+            self.proposer.load_state_dict(blob.join_state(tensors, meta["proposer"], "proposer."))
+            self.guard.reference_chirality = tensors["chirality"].numpy()
+        else:
+            self.proposer.reset()
+        self.rejections = {**dict.fromkeys(REASONS, 0), **meta["rejections"]}
+        self.halvings, self.cycles = int(meta["halvings"]), int(meta["cycles"])
+        self.model_s, self.openmm_s, self.wall_s = meta["model_s"], meta["openmm_s"], meta["wall_s"]
+
+    def loadState(self, file: str | Any) -> None:
+        """Load an OpenMM State (portable, no proposer history): the history restarts from it."""
+        super().loadState(file)
+        self.reset_history()
+
+    # ------------------------------------------------------------------------------ speed
+    def speed(self) -> dict[str, float]:
+        """Totals so far: cycles, simulated ns/day, and the share of wall time in the model and OpenMM."""
+        wall = max(self.wall_s, 1e-12)
+        return {
+            "cycles": self.cycles,
+            "seconds_per_cycle": self.wall_s / max(self.cycles, 1),
+            "ns_per_day": self.cycles * self.jump_ps / 1000.0 * 86400.0 / wall,
+            "model_share": self.model_s / wall,
+            "openmm_share": self.openmm_s / wall,
+        }

@@ -1,0 +1,281 @@
+"""Proposers: given the history of residue frames and a time step Δt, propose the next frames.
+
+A :class:`Proposer` is stateful: the simulation ``push``-es every accepted (relaxed) frame and asks
+``propose`` for the next one; a rejected proposal is simply asked for again, with the generator
+moved on. STAR-MD (:class:`StarMDProposer`, a cached rollout of the trained model) is the proposer
+users get; any other model plugs in through a :class:`ProposerFactory` registered under the entry-
+point group ``openmm_starmd.proposers`` (the openmm-ml pattern) or with :func:`register_proposer`.
+
+Frames follow :mod:`openmm_starmd.frames.rigid`: rotations ``[N, 3, 3]`` float32 and translations
+``[N, 3]`` in nm, one per residue of the topology (residues without a backbone frame are ignored).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from abc import ABC, abstractmethod
+from importlib.metadata import entry_points
+from pathlib import Path
+from typing import Any
+
+import openmm.app as app
+import torch
+
+from openmm_starmd.errors import StarMDError
+from openmm_starmd.frames import rigid
+
+ENTRY_POINT_GROUP = "openmm_starmd.proposers"
+
+
+class Proposer(ABC):
+    """Interface of every model that drives a :class:`~openmm_starmd.simulation.StarMDSimulation`."""
+
+    @abstractmethod
+    def push(self, rotations: torch.Tensor, translations: torch.Tensor) -> None:
+        """Append a clean (accepted and relaxed) frame to the history.
+
+        Parameters
+        ----------
+        rotations
+            ``[N, 3, 3]`` residue rotations, float32.
+        translations
+            ``[N, 3]`` residue origins (CA), nm.
+        """
+
+    @abstractmethod
+    def propose(self, dt_ps: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        """The next frames ``dt_ps`` after the last pushed one; the history is not changed.
+
+        Parameters
+        ----------
+        dt_ps
+            Time step Δt, ps.
+        generator
+            Source of every random number used, so that runs are reproducible.
+
+        Returns
+        -------
+        rotations, translations
+            ``[N, 3, 3]`` and ``[N, 3]`` (nm).
+        """
+
+    @abstractmethod
+    def reset(self) -> None:
+        """Forget the history (the next ``push`` starts a new trajectory)."""
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue exactly: tensors, ints, floats, strings or lists of them."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:  # noqa: B027 - stateless default
+        """Restore what :meth:`state_dict` returned."""
+
+
+class ProposerFactory(ABC):
+    """Creates proposers for a topology; registered by name (entry point or :func:`register_proposer`)."""
+
+    @abstractmethod
+    def create_proposer(self, topology: app.Topology, **options: Any) -> Proposer:
+        """A new proposer for ``topology``; ``options`` are factory-specific."""
+
+
+class HistoryProposer(Proposer):
+    """A proposer that keeps its last ``max_history`` pushed frames in memory (plain tensors)."""
+
+    def __init__(self, max_history: int = 1) -> None:
+        if max_history < 1:
+            raise StarMDError(f"max_history must be at least 1, got {max_history}")
+        self.max_history = max_history
+        self.rotations: list[torch.Tensor] = []
+        self.translations: list[torch.Tensor] = []
+
+    def push(self, rotations: torch.Tensor, translations: torch.Tensor) -> None:
+        self.rotations = [*self.rotations, rotations.detach().float().clone()][-self.max_history:]
+        self.translations = [*self.translations, translations.detach().float().clone()][-self.max_history:]
+
+    def reset(self) -> None:
+        self.rotations, self.translations = [], []
+
+    def last(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The last pushed frame: rotations ``[N, 3, 3]``, translations ``[N, 3]`` nm."""
+        if not self.rotations:
+            raise StarMDError("the proposer has no history yet: push the starting frame first")
+        return self.rotations[-1], self.translations[-1]
+
+    def state_dict(self) -> dict[str, Any]:
+        if not self.rotations:
+            return {}
+        return {"rotations": torch.stack(self.rotations), "translations": torch.stack(self.translations)}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reset()
+        if "rotations" in state:
+            self.rotations = list(state["rotations"].float().unbind(0))
+            self.translations = list(state["translations"].float().unbind(0))
+
+
+class PerturbationProposer(HistoryProposer):
+    """Baseline proposer: the last frame with small independent random rigid moves of every residue.
+
+    It knows no physics; the relaxation and the guards turn its proposals into valid structures. It
+    exists to test and benchmark the hybrid machinery without a trained model.
+
+    Parameters
+    ----------
+    rotation_sigma_rad
+        Standard deviation of each rotation-vector component per residue at Δt = 1 ns, rad.
+    translation_sigma_nm
+        Standard deviation of each translation component per residue at Δt = 1 ns, nm.
+    """
+
+    def __init__(self, rotation_sigma_rad: float = 0.05, translation_sigma_nm: float = 0.02) -> None:
+        super().__init__(max_history=1)
+        self.rotation_sigma_rad = float(rotation_sigma_rad)
+        self.translation_sigma_nm = float(translation_sigma_nm)
+
+    def propose(self, dt_ps: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        rot, trans = self.last()
+        N = rot.shape[0]
+        # Diffusive scaling: displacement grows like sqrt(Δt), capped so that huge Δt stays sane.
+        scale = min(math.sqrt(dt_ps / 1000.0), 3.0)
+        rotvec = torch.randn(N, 3, generator=generator) * self.rotation_sigma_rad * scale
+        shift = torch.randn(N, 3, generator=generator) * self.translation_sigma_nm * scale
+        # Rotate about each residue's own origin (CA): right-multiply in the local frame.
+        return rot @ rigid.so3_exp(rotvec), trans + shift
+
+
+class PerturbationProposerFactory(ProposerFactory):
+    """Factory of :class:`PerturbationProposer` (registered as ``perturb``)."""
+
+    def create_proposer(self, topology: app.Topology, **options: Any) -> Proposer:
+        return PerturbationProposer(**options)
+
+
+class StarMDProposer(Proposer):
+    """The STAR-MD model as a proposer: a cached rollout (:class:`openmm_starmd.rollout.Rollout`).
+
+    Parameters
+    ----------
+    model
+        A loaded STAR-MD network (see :func:`openmm_starmd.model.checkpoint.load_model`).
+    topology
+        The simulated topology; residue types, indices and chain breaks come from it.
+    window, num_steps
+        Passed to the rollout: frames of history attended to and sampler steps (``None``: the
+        model's configuration).
+    """
+
+    def __init__(self, model: torch.nn.Module, topology: app.Topology, window: int | None = None,
+                 num_steps: int | None = None) -> None:
+        from openmm_starmd.data.featurize import featurize_topology
+
+        self.model = model
+        self.window = window
+        self.num_steps = num_steps
+        self.features = featurize_topology(topology)
+        self.reset()
+
+    def reset(self) -> None:
+        from openmm_starmd.rollout import Rollout
+
+        self.rollout = Rollout(self.model, self.features, window=self.window, num_steps=self.num_steps)
+
+    def push(self, rotations: torch.Tensor, translations: torch.Tensor) -> None:
+        self.rollout.push(rotations.float(), translations.float())
+
+    def propose(self, dt_ps: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+        with torch.no_grad():
+            return self.rollout.sample(dt_ps, generator)
+
+    def state_dict(self) -> dict[str, Any]:
+        return self.rollout.state_dict()
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.reset()
+        self.rollout.load_state_dict(state)
+
+
+class StarMDProposerFactory(ProposerFactory):
+    """Factory of :class:`StarMDProposer` (registered as ``starmd``).
+
+    Options: ``model`` (a checkpoint folder path or a loaded network; required until a default model
+    ships), ``window``, ``num_steps``.
+    """
+
+    def create_proposer(self, topology: app.Topology,
+                        model: torch.nn.Module | str | os.PathLike | None = None,
+                        window: int | None = None, num_steps: int | None = None) -> Proposer:
+        if model is None:
+            raise StarMDError("no default STAR-MD model is installed yet: pass a checkpoint folder "
+                              "(--model PATH, or model=PATH)")
+        if not isinstance(model, torch.nn.Module):
+            model = load_model_path(model)
+        return StarMDProposer(model, topology, window=window, num_steps=num_steps)
+
+
+def load_model_path(path: str | os.PathLike) -> torch.nn.Module:
+    """Load a STAR-MD checkpoint folder, with a one-line error when it is missing."""
+    path = Path(path)
+    if not path.exists():
+        raise StarMDError(f"model {path} not found: give a STAR-MD checkpoint folder or a proposer name "
+                          f"({', '.join(available_proposers())})")
+    from openmm_starmd.model.checkpoint import load_model
+
+    model, _config = load_model(path)
+    return model
+
+
+_REGISTERED: dict[str, type[ProposerFactory] | ProposerFactory] = {
+    "perturb": PerturbationProposerFactory,
+    "starmd": StarMDProposerFactory,
+}
+
+
+def register_proposer(name: str, factory: type[ProposerFactory] | ProposerFactory) -> None:
+    """Make a proposer factory available by ``name`` in this process (entry points need no call)."""
+    _REGISTERED[name] = factory
+
+
+def _entry_point_factories() -> dict[str, Any]:
+    return {ep.name: ep for ep in entry_points(group=ENTRY_POINT_GROUP)}
+
+
+def available_proposers() -> list[str]:
+    """Names of every proposer: entry points of ``openmm_starmd.proposers`` plus registered ones."""
+    return sorted(set(_entry_point_factories()) | set(_REGISTERED))
+
+
+def create_proposer(name: str, topology: app.Topology, **options: Any) -> Proposer:
+    """Create the proposer registered as ``name`` for ``topology``.
+
+    Raises
+    ------
+    StarMDError
+        If no proposer of that name is registered.
+    """
+    factory: Any = _REGISTERED.get(name)
+    if factory is None:
+        eps = _entry_point_factories()
+        if name not in eps:
+            raise StarMDError(f"unknown proposer {name!r}: choose one of {', '.join(available_proposers())} "
+                              "or give a model checkpoint folder")
+        factory = eps[name].load()
+    if isinstance(factory, type):
+        factory = factory()
+    return factory.create_proposer(topology, **options)
+
+
+def resolve_proposer(proposer: Proposer | torch.nn.Module | str | os.PathLike,
+                     topology: app.Topology) -> Proposer:
+    """A :class:`Proposer` from an instance, a loaded STAR-MD network, a registered name or a checkpoint."""
+    if isinstance(proposer, Proposer):
+        return proposer
+    if isinstance(proposer, torch.nn.Module):
+        return StarMDProposer(proposer, topology)
+    if isinstance(proposer, str) and proposer in available_proposers():
+        return create_proposer(proposer, topology)
+    if isinstance(proposer, (str, os.PathLike)):
+        return StarMDProposer(load_model_path(proposer), topology)
+    raise StarMDError(f"cannot use {type(proposer).__name__} as a proposer: give a Proposer, a model or "
+                      "a path")

@@ -1,0 +1,186 @@
+"""Relaxation after a jump: restrained minimisation, then Langevin MD while the restraints ramp off.
+
+The restraints are one ``CustomExternalForce`` on the backbone heavy atoms (N, CA, C, O), added to
+the System once: each jump moves its per-particle targets (``setParticleParameters`` +
+``updateParametersInContext``) and its strength is the global parameter :data:`RESTRAINT_K`
+(``context.setParameter``), so no Context is ever rebuilt. At the end of a relaxation the strength is
+0, so reported energies are those of the force field alone.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import asdict, dataclass
+
+import numpy as np
+import openmm
+import openmm.unit as u
+
+from openmm_starmd.errors import StarMDError
+
+RESTRAINT_K = "starmd_restraint_k"
+
+
+@dataclass(frozen=True)
+class RelaxSettings:
+    """How each jump is relaxed.
+
+    Attributes
+    ----------
+    time_ps
+        Length of the MD segment, ps (0 skips MD: minimisation only).
+    restraint_k
+        Initial restraint constant on backbone heavy atoms, kJ/mol/nm².
+    ramp_stages
+        The segment is cut into this many equal stages; the constant steps linearly from
+        ``restraint_k`` down to 0, the last stage being unrestrained (1: restrained throughout).
+    minimize_iterations
+        Cap on L-BFGS iterations of the restrained minimisation (0: until converged).
+    minimize_tolerance
+        Minimiser convergence, RMS force in kJ/mol/nm.
+    temperature_k
+        Temperature of the fresh velocities drawn after minimisation, K; ``None`` takes the
+        integrator's temperature.
+    """
+
+    time_ps: float = 1.0
+    restraint_k: float = 2000.0
+    ramp_stages: int = 4
+    minimize_iterations: int = 50
+    minimize_tolerance: float = 10.0
+    temperature_k: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.time_ps >= 0.0:
+            raise StarMDError(f"relax time must be >= 0 ps, got {self.time_ps}")
+        if not self.restraint_k >= 0.0:
+            raise StarMDError(f"restraint constant must be >= 0 kJ/mol/nm^2, got {self.restraint_k}")
+        if self.ramp_stages < 1:
+            raise StarMDError(f"ramp_stages must be at least 1, got {self.ramp_stages}")
+        if self.minimize_iterations < 0:
+            raise StarMDError(f"minimize_iterations must be >= 0, got {self.minimize_iterations}")
+
+    def describe(self) -> dict:
+        """The settings as a JSON-ready dict."""
+        return asdict(self)
+
+    def stage_strengths(self) -> list[float]:
+        """Restraint constant of each stage, kJ/mol/nm²."""
+        if self.ramp_stages == 1:
+            return [self.restraint_k]
+        last = self.ramp_stages - 1
+        return [self.restraint_k * (last - s) / last for s in range(self.ramp_stages)]
+
+
+class BackboneRestraints:
+    """Harmonic position restraints ``0.5 k |x - x0|²`` on chosen atoms, with movable targets.
+
+    Parameters
+    ----------
+    atom_indices
+        Restrained atoms (backbone heavy atoms), ``[M]``.
+    """
+
+    def __init__(self, atom_indices: np.ndarray) -> None:
+        self.atom_indices = np.asarray(atom_indices, dtype=np.int64)
+        self.force = openmm.CustomExternalForce(f"0.5*{RESTRAINT_K}*((x-x0)^2+(y-y0)^2+(z-z0)^2)")
+        self.force.addGlobalParameter(RESTRAINT_K, 0.0)
+        for name in ("x0", "y0", "z0"):
+            self.force.addPerParticleParameter(name)
+        for atom in self.atom_indices:
+            self.force.addParticle(int(atom), [0.0, 0.0, 0.0])
+        self.force_group = -1
+
+    def add_to(self, system: openmm.System) -> int:
+        """Add the force to ``system`` in a force group of its own; returns that group."""
+        used = {system.getForce(i).getForceGroup() for i in range(system.getNumForces())}
+        free = [g for g in range(31, -1, -1) if g not in used]
+        if not free:
+            raise StarMDError("all 32 force groups of the System are in use: free one for the restraints")
+        self.force_group = free[0]
+        self.force.setForceGroup(self.force_group)
+        system.addForce(self.force)
+        return self.force_group
+
+    def set_targets(self, context: openmm.Context, positions: np.ndarray) -> None:
+        """Move the targets to ``positions[atom_indices]``; ``positions`` ``[n_atoms, 3]`` nm."""
+        for k, atom in enumerate(self.atom_indices):
+            x, y, z = (float(v) for v in positions[atom])
+            self.force.setParticleParameters(k, int(atom), [x, y, z])
+        self.force.updateParametersInContext(context)
+
+    @staticmethod
+    def set_strength(context: openmm.Context, k: float) -> None:
+        """Restraint constant, kJ/mol/nm²."""
+        context.setParameter(RESTRAINT_K, float(k))
+
+
+@dataclass
+class RelaxTiming:
+    """Wall time of one relaxation, s, and the MD steps taken."""
+
+    minimize_s: float = 0.0
+    md_s: float = 0.0
+    steps: int = 0
+
+
+def stage_steps(total: int, stages: int) -> list[int]:
+    """Split ``total`` MD steps into ``stages`` near-equal parts (earlier parts get the remainder)."""
+    base, extra = divmod(total, stages)
+    return [base + (1 if s < extra else 0) for s in range(stages)]
+
+
+def relax(
+    context: openmm.Context,
+    restraints: BackboneRestraints,
+    settings: RelaxSettings,
+    positions: np.ndarray,
+    velocity_seed: int,
+) -> RelaxTiming:
+    """Relax ``positions`` in ``context``: restrained minimisation, then MD with ramped restraints.
+
+    Parameters
+    ----------
+    context
+        Context of a System that holds ``restraints``.
+    restraints
+        Their targets are set to ``positions`` (the mapped jump target).
+    settings
+        Segment length, restraint constant and ramp.
+    positions
+        Starting all-atom positions ``[n_atoms, 3]``, nm (finite).
+    velocity_seed
+        Seed of the Maxwell–Boltzmann velocities drawn after minimisation (the old velocities belong
+        to the structure before the jump).
+
+    Returns
+    -------
+    RelaxTiming
+        Where the time went. The context holds the relaxed state, restraint constant 0.
+    """
+    timing = RelaxTiming()
+    integrator = context.getIntegrator()
+    start = time.perf_counter()
+    restraints.set_targets(context, positions)
+    context.setPositions(positions)
+    restraints.set_strength(context, settings.restraint_k)
+    openmm.LocalEnergyMinimizer.minimize(context, settings.minimize_tolerance, settings.minimize_iterations)
+    timing.minimize_s = time.perf_counter() - start
+
+    start = time.perf_counter()
+    step_ps = integrator.getStepSize().value_in_unit(u.picosecond)
+    total = round(settings.time_ps / step_ps)
+    if total > 0:
+        temperature = settings.temperature_k
+        if temperature is None:
+            temperature = integrator.getTemperature().value_in_unit(u.kelvin)
+        context.setVelocitiesToTemperature(temperature * u.kelvin, int(velocity_seed))
+        stages = min(settings.ramp_stages, total)
+        strengths = RelaxSettings(**{**asdict(settings), "ramp_stages": stages}).stage_strengths()
+        for k, n in zip(strengths, stage_steps(total, stages), strict=True):
+            restraints.set_strength(context, k)
+            integrator.step(n)
+    restraints.set_strength(context, 0.0)
+    timing.md_s = time.perf_counter() - start
+    timing.steps = total
+    return timing

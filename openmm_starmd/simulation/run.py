@@ -1,0 +1,238 @@
+"""The ``starmd simulate`` driver: prepare, run a hybrid simulation, write a resumable run folder.
+
+Run folder layout: ``topology.pdb`` (the prepared start), ``traj.xtc`` (one frame per jump, at
+k × jump), ``log.csv`` (one row per jump, see :mod:`.reporters`), ``checkpoint.chk`` (exact state after
+the last complete jump) and ``run.json`` (settings, versions, status, speed). Per jump the frame and
+log row are written before the checkpoint; on ``resume`` the trajectory and log are cut back to the
+checkpoint's jump count, so after any interruption every frame is there exactly once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform as py_platform
+import time
+from pathlib import Path
+from typing import Any
+
+import mdtraj as md
+import numpy as np
+import openmm
+import openmm.app as app
+import openmm.unit as u
+import torch
+from tqdm import tqdm
+
+from openmm_starmd import __version__
+from openmm_starmd.atomic import atomic_write, atomic_write_json, check_output_dir, temporary_path
+from openmm_starmd.errors import StarMDError
+from openmm_starmd.simulation.guards import GuardSettings
+from openmm_starmd.simulation.hybrid import JumpRejectedError, StarMDSimulation
+from openmm_starmd.simulation.proposer import (
+    Proposer,
+    StarMDProposerFactory,
+    available_proposers,
+    create_proposer,
+)
+from openmm_starmd.simulation.relax import RelaxSettings
+from openmm_starmd.simulation.reporters import JumpLogReporter
+from openmm_starmd.units import format_time, ns_per_day
+
+FILES = ("topology.pdb", "traj.xtc", "log.csv", "checkpoint.chk", "run.json")
+
+
+class ProgressReporter:
+    """tqdm bar over jumps showing simulated ns/day (OpenMM reporter protocol)."""
+
+    def __init__(self, total: int, initial: int, jump_ps: float) -> None:
+        self._bar = tqdm(total=total, initial=initial, unit="jump", dynamic_ncols=True)
+        self._jump_ps = jump_ps
+        self._start = time.perf_counter()
+        self._done = 0
+
+    def describeNextReport(self, simulation: app.Simulation) -> dict[str, Any]:
+        return {"steps": 1, "periodic": None, "include": []}
+
+    def report(self, simulation: app.Simulation, state: Any) -> None:
+        self._done += 1
+        rate = ns_per_day(self._done * self._jump_ps, time.perf_counter() - self._start)
+        self._bar.set_postfix_str(f"{rate:,.0f} ns/day, {sum(simulation.rejections.values())} rejected")
+        self._bar.update(1)
+
+    def close(self) -> None:
+        self._bar.close()
+
+
+def make_proposer(model: str | None, topology: app.Topology) -> Proposer:
+    """``--model``: a registered proposer name or a STAR-MD checkpoint folder."""
+    if model is None:
+        raise StarMDError("no default STAR-MD model is installed yet: pass --model PATH (a checkpoint "
+                          "folder) or --model perturb (random baseline, no learned dynamics)")
+    if model in available_proposers() and model != "starmd":
+        return create_proposer(model, topology)
+    return StarMDProposerFactory().create_proposer(topology, model=model)
+
+
+def _check_model(model: str | None) -> None:
+    """Fail fast (before any preparation) on a missing model."""
+    if model is None:
+        make_proposer(None, app.Topology())
+    if model not in available_proposers() and not Path(model).exists():
+        raise StarMDError(f"model {model} not found: give a STAR-MD checkpoint folder or a proposer name "
+                          f"({', '.join(available_proposers())})")
+
+
+def _truncate_xtc(path: Path, n_frames: int) -> None:
+    """Keep the first ``n_frames`` frames of an XTC file (atomically); a partial last frame is dropped."""
+    if n_frames == 0 or not path.exists():
+        path.unlink(missing_ok=True)
+        return
+    with md.formats.XTCTrajectoryFile(str(path), "r") as handle:
+        xyz, times, steps, box = handle.read(n_frames=n_frames)
+    if len(xyz) < n_frames:
+        raise StarMDError(f"{path} holds {len(xyz)} frames but the checkpoint is at jump {n_frames}: "
+                          "the run folder is damaged, start again with --overwrite")
+    tmp = temporary_path(path)
+    try:
+        with md.formats.XTCTrajectoryFile(str(tmp), "w") as handle:
+            handle.write(xyz, time=times, step=steps, box=box)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def _truncate_log(path: Path, n_rows: int) -> None:
+    lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
+    with atomic_write(path) as handle:
+        handle.writelines(lines[:1 + n_rows])
+
+
+def _versions() -> dict[str, str]:
+    return {"openmm_starmd": __version__, "openmm": openmm.__version__, "torch": torch.__version__,
+            "numpy": np.__version__, "python": py_platform.python_version()}
+
+
+def run_simulation(
+    input_path: str | os.PathLike,
+    output: str | os.PathLike,
+    time_ps: float,
+    jump_ps: float = 1000.0,
+    model: str | None = None,
+    relax: RelaxSettings | None = None,
+    seed: int = 0,
+    platform: str | None = None,
+    forcefield: str = "implicit-fast",
+    temperature_k: float = 300.0,
+    overwrite: bool = False,
+    resume: bool = False,
+    progress: bool = True,
+) -> Path:
+    """Run (or resume) a hybrid simulation into the run folder ``output``.
+
+    Parameters
+    ----------
+    input_path
+        PDB/mmCIF file; prepared with :func:`openmm_starmd.prep.prepare` (ignored on resume).
+    output
+        Run folder.
+    time_ps, jump_ps
+        Total simulated time and time per jump, ps (``time_ps`` rounded to whole jumps).
+    model
+        Registered proposer name or STAR-MD checkpoint folder (required until a default ships).
+    relax
+        Relaxation settings (default :class:`RelaxSettings`).
+    seed, platform, forcefield, temperature_k
+        Random seed, OpenMM platform name (default fastest), force-field preset, temperature (K).
+    overwrite
+        Replace an existing run folder's files.
+    resume
+        Continue the run in ``output`` with the settings in its run.json (``time_ps`` may extend it).
+    progress
+        Show a tqdm bar (simulated ns/day, rejections).
+
+    Returns
+    -------
+    Path
+        The run folder.
+    """
+    from openmm_starmd import prep
+    from openmm_starmd.forcefields import build_system, get_preset
+
+    out = Path(output)
+    if resume:
+        if not (out / "run.json").exists():
+            raise StarMDError(f"{out} holds no run to resume (no run.json): run without --resume first")
+        settings = json.loads((out / "run.json").read_text(encoding="utf-8"))["settings"]
+        jump_ps, model, seed = settings["jump_ps"], settings["model"], settings["seed"]
+        platform, forcefield = settings["platform"], settings["forcefield"]["name"]
+        temperature_k, relax = settings["temperature_k"], RelaxSettings(**settings["relax"])
+        input_path = settings["input"]
+    else:
+        check_output_dir(out, overwrite)
+        relax = relax if relax is not None else RelaxSettings()
+        get_preset(forcefield)
+    total = round(time_ps / jump_ps)
+    if total < 1:
+        raise StarMDError(f"--time {format_time(time_ps)} is shorter than one {format_time(jump_ps)} jump: "
+                          "give a longer time or a shorter jump")
+    if not resume:
+        _check_model(model)
+        prepared = prep.prepare(input_path)
+        out.mkdir(parents=True, exist_ok=True)
+        for name in FILES:
+            (out / name).unlink(missing_ok=True)
+        prep.write_pdb(prepared, out / "topology.pdb", overwrite=True)
+        model = model if model in available_proposers() else str(Path(model).resolve())
+    # Always start from the written PDB, so a resumed run builds exactly the same System.
+    start = prep.load_pdb(out / "topology.pdb")
+    system, topology, positions = build_system(start.topology, start.positions, forcefield)
+    proposer = make_proposer(model, topology)
+    sim = StarMDSimulation(topology, system, proposer, jump=jump_ps, relax=relax, guards=GuardSettings(),
+                           platform=platform, seed=seed, temperature=temperature_k)
+    start_nm = np.asarray(positions.value_in_unit(u.nanometer))
+    done = 0
+    if resume and (out / "checkpoint.chk").exists():
+        sim.loadCheckpoint(out / "checkpoint.chk")
+        done = sim.currentStep
+    else:
+        sim.context.setPositions(positions)
+    _truncate_xtc(out / "traj.xtc", done)
+    _truncate_log(out / "log.csv", done)
+    settings = {"input": str(Path(input_path).resolve()) if input_path else None,
+                "time_ps": total * jump_ps, "jump_ps": jump_ps, "model": model, "seed": seed,
+                "platform": sim.context.getPlatform().getName(),
+                "forcefield": get_preset(forcefield).describe(),
+                "temperature_k": temperature_k, "relax": relax.describe(),
+                "guards": sim.guard_settings.describe(), "proposer": type(sim.proposer).__name__}
+    record: dict[str, Any] = {"settings": settings, "versions": _versions(), "status": "running",
+                              "jumps_done": done, "jumps_total": total}
+    atomic_write_json(out / "run.json", record)
+
+    xtc_exists = (out / "traj.xtc").exists()
+    log = JumpLogReporter(out / "log.csv", 1, start_nm, topology, append=done > 0)
+    bar = ProgressReporter(total, done, jump_ps) if progress else None
+    sim.reporters += [app.XTCReporter(str(out / "traj.xtc"), 1, append=xtc_exists), log,
+                      app.CheckpointReporter(str(out / "checkpoint.chk"), 1)]
+    if bar is not None:
+        sim.reporters.append(bar)
+    wall = time.perf_counter()
+    status = "interrupted"
+    try:
+        sim.step(max(total - done, 0))
+        status = "complete"
+    except JumpRejectedError:
+        status = "failed"
+        raise
+    finally:
+        wall = time.perf_counter() - wall
+        log.close()
+        if bar is not None:
+            bar.close()
+        speed = sim.speed()
+        speed["session_wall_s"] = wall
+        speed["session_ns_per_day"] = ns_per_day((sim.currentStep - done) * jump_ps, wall)
+        record.update(status=status, jumps_done=sim.currentStep, rejections=sim.rejections,
+                      halvings=sim.halvings, speed=speed)
+        atomic_write_json(out / "run.json", record)
+    return out
