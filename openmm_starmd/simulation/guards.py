@@ -115,7 +115,7 @@ class Guard:
         self.settings = settings
         self.md_topology = md.Topology.from_openmm(topology)
         self.chiral = chiral_centres(topology, backbone)
-        bonded, _ = validity._ca_pairs(self.md_topology)
+        bonded, _ = validity.ca_pairs(self.md_topology)
         self.bonded_ca = bonded
         self.reference_chirality: np.ndarray | None = None
 
