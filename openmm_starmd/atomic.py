@@ -19,6 +19,18 @@ from typing import Any
 from openmm_starmd.errors import StarMDError
 
 
+def _umask() -> int:
+    """The process umask (read by setting and restoring it)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return umask
+
+
+def _default_file_mode() -> int:
+    """The mode a plain ``open(path, "w")`` would give: mkstemp's 0600 would hide outputs from other users."""
+    return 0o666 & ~_umask()
+
+
 @contextlib.contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     """Open a temporary file beside ``path``; on success rename it to ``path``, on error delete it.
@@ -32,6 +44,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w") -> Iterator[Any]:
     """
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.chmod(tmp, _default_file_mode())
     try:
         with os.fdopen(fd, mode) as handle:
             yield handle
@@ -56,6 +69,7 @@ def temporary_path(path: str | os.PathLike) -> Path:
     path = Path(path)
     fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=path.suffix or ".tmp")
     os.close(fd)
+    os.chmod(tmp, _default_file_mode())
     return Path(tmp)
 
 
@@ -87,6 +101,7 @@ def atomic_dir(path: str | os.PathLike, overwrite: bool = False) -> Iterator[Pat
     path = check_output_dir(path, overwrite)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
+    tmp.chmod(0o777 & ~_umask())  # as mkdir would make it; mkdtemp's 0700 hides results
     try:
         yield tmp
         if path.exists():
