@@ -18,13 +18,14 @@ import openmm.app as app
 import openmm.unit as u
 
 from openmm_starmd.forcefields import PRESETS, build_system, fastest_platform, make_integrator
-from openmm_starmd.reference import load_structure
+from openmm_starmd.prep import load_pdb
 from openmm_starmd.units import ns_per_day
 
 
 def measure(pdb: str, preset: str, platform: str | None, steps: int) -> dict:
     """Time ``steps`` MD steps of ``pdb`` with ``preset``; returns the row of the table."""
-    topology, positions = load_structure(pdb)
+    prepared = load_pdb(pdb)
+    topology, positions = prepared.topology, prepared.positions
     system, topology, positions = build_system(topology, positions, preset)
     integrator = make_integrator(preset, 300.0, 1.0, seed=1)
     chosen = fastest_platform(platform)

@@ -273,14 +273,21 @@ def write_pdb(prepared: PreparedStructure, path: str | os.PathLike, overwrite: b
 
 
 def load_pdb(path: str | os.PathLike) -> PreparedStructure:
-    """Read an already prepared PDB (as written by :func:`write_pdb`) without changing it."""
+    """Read an already prepared PDB or mmCIF file (as :func:`write_pdb` writes it) without changing it.
+
+    The periodic box is dropped: implicit-solvent runs need none, and explicit presets build their own.
+    Raises a one-line :class:`StarMDError` when the file is missing, unreadable or empty.
+    """
     path = Path(path)
-    if not path.exists():
-        raise StarMDError(f"input file {path} does not exist: check the path")
+    if not path.is_file():
+        raise StarMDError(f"input file {path} not found: give a prepared PDB (from `starmd prepare`)")
+    reader = app.PDBxFile if path.suffix.lower() in (".cif", ".mmcif", ".pdbx") else app.PDBFile
     try:
-        pdb = app.PDBFile(str(path))
-    except Exception as exc:
-        raise StarMDError(f"cannot read {path} as PDB ({exc}): run `starmd prepare` on it first") from None
-    if pdb.topology.getNumAtoms() == 0:
-        raise StarMDError(f"{path} holds no atoms: give a prepared protein PDB")
-    return PreparedStructure(pdb.topology, pdb.positions, [])
+        structure = reader(str(path))
+    except Exception as exc:  # OpenMM's readers raise many types; the user needs one line.
+        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise StarMDError(f"cannot read {path}: {first} (give a prepared PDB from `starmd prepare`)") from None
+    if structure.topology.getNumAtoms() == 0:
+        raise StarMDError(f"{path} has no atoms: give a prepared PDB (from `starmd prepare`)")
+    structure.topology.setPeriodicBoxVectors(None)
+    return PreparedStructure(structure.topology, structure.positions, [])

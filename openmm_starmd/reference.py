@@ -54,6 +54,7 @@ from openmm_starmd.forcefields import (
     get_preset,
     make_integrator,
 )
+from openmm_starmd.prep import load_pdb
 from openmm_starmd.units import PS_PER_NS, ns_per_day
 
 INTEGRATOR = "LangevinMiddleIntegrator"
@@ -67,31 +68,6 @@ _RUN_KEYS = ("input_sha256", "preset", "temperature_k", "friction_per_ps", "time
 def work_dir(output: str | os.PathLike, name: str) -> Path:
     """The hidden folder in which ``OUTPUT/NAME`` is built before it is moved into place."""
     return Path(output) / f".{name}.work"
-
-
-def load_structure(path: str | os.PathLike) -> tuple[app.Topology, u.Quantity]:
-    """Read a prepared PDB or mmCIF file; one-line :class:`StarMDError` if it is missing or unreadable.
-
-    Returns
-    -------
-    topology, positions
-        The topology (periodic box removed) and positions, shape [n_atoms, 3], nm.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise StarMDError(f"input file {path} not found: give a prepared PDB (from `starmd prepare`)")
-    reader = app.PDBxFile if path.suffix.lower() in (".cif", ".mmcif") else app.PDBFile
-    try:
-        structure = reader(str(path))
-    except Exception as exc:  # OpenMM's readers raise many types; the user needs one line.
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise StarMDError(f"cannot read {path}: {first} (give a prepared PDB from `starmd prepare`)"
-                          ) from None
-    if structure.topology.getNumAtoms() == 0:
-        raise StarMDError(f"{path} has no atoms: give a prepared PDB (from `starmd prepare`)")
-    # Implicit-solvent output carries no box (as the shared reference data); explicit presets add their own.
-    structure.topology.setPeriodicBoxVectors(None)
-    return structure.topology, structure.positions
 
 
 def _steps(span_ps: float, timestep_ps: float, what: str) -> int:
@@ -377,7 +353,8 @@ def run_reference_md(
         raise StarMDError(f"checkpoint interval must not be negative, got {checkpoint_interval_s:g} s")
     preset = get_preset(forcefield)
     plan = _plan(time_ps, stride_ps, equilibration_ps, replicas, preset, temperature_k, friction_per_ps, seed)
-    topology, positions = load_structure(input_path)
+    prepared = load_pdb(input_path)
+    topology, positions = prepared.topology, prepared.positions
     n_keep = topology.getNumAtoms()
     system, sim_topology, sim_positions = build_system(topology, positions, preset)
     chosen_platform = fastest_platform(platform)
