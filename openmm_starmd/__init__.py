@@ -6,6 +6,6 @@ Heavy submodules (torch model, OpenMM simulation) are imported on demand so that
 
 __version__ = "0.1.0"
 
-from openmm_starmd.errors import StarMDError  # noqa: E402
+from openmm_starmd.errors import StarMDError
 
 __all__ = ["StarMDError", "__version__"]

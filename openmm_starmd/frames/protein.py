@@ -372,7 +372,8 @@ def backbone_from_frames(
         to_n = torch.nn.functional.normalize(n_next - c, dim=-1)
         bisect = -torch.nn.functional.normalize(to_ca + to_n, dim=-1)
         from_next = c + _C_O * bisect
-        fallback = _oxygen_from_dihedral(rot, trans, c, torch.full((T, N), math.pi, dtype=trans.dtype, device=trans.device))
+        trans_psi = torch.full((T, N), math.pi, dtype=trans.dtype, device=trans.device)
+        fallback = _oxygen_from_dihedral(rot, trans, c, trans_psi)
         oxygen = torch.where(has_next[None, :, None], from_next, fallback)
     out = torch.cat([ncac, oxygen[:, :, None, :]], dim=2)
     return out * mask[None, :, None, None]

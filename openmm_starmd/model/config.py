@@ -1,0 +1,122 @@
+"""The one configuration of a STAR-MD model: sizes, diffusion schedule, training noise, sampler.
+
+A :class:`ModelConfig` is frozen and saved (as JSON) inside every checkpoint, so a checkpoint alone
+rebuilds its network. Presets: ``tiny`` (tests), ``small`` (CPU default), ``base`` (paper scale).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any
+
+from openmm_starmd.errors import StarMDError
+from openmm_starmd.units import ANGSTROM_PER_NM
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    """Every hyper-parameter of the network, the diffusion processes and the sampler.
+
+    Lengths are nm, times ps, angles rad. ``translation_scale_per_angstrom`` is the factor that maps
+    Å to the diffusion's coordinate units (0.1 per Å as in the paper, i.e. 1 unit = 1 nm).
+    """
+
+    # network
+    num_blocks: int = 2
+    width: int = 128
+    num_heads: int = 4
+    mlp_ratio: int = 4
+    ipa_points: int = 4  # query/key points per head in the geometric layer
+    ipa_value_points: int = 4
+    num_fourier: int = 16  # Fourier features for τ and log Δt
+    num_residue_types: int = 21  # 20 standard + unknown
+    time_rope_max_period: int = 512  # frames; integer periods keep rotary angles exact for long rollouts
+    residue_rope_base: float = 1000.0
+    chi_head: bool = False
+    # sequence
+    window: int = 8  # K: frames of history attended to
+    # translations: VP SDE on the displacement expressed in the previous frame's local axes
+    translation_scale_per_angstrom: float = 0.1
+    vp_beta_min: float = 0.1
+    vp_beta_max: float = 20.0
+    # rotations: IGSO(3) noise, σ(τ) log-linear between sigma_min and sigma_max (rad)
+    rot_sigma_min: float = 0.05
+    rot_sigma_max: float = 1.5
+    tau_min: float = 0.01  # smallest diffusion time, training and sampling
+    # losses
+    rot_loss_weight: float = 1.0
+    trans_loss_weight: float = 1.0
+    backbone_loss_weight: float = 1.0
+    backbone_loss_tau_max: float = 0.25  # backbone-atom loss only at small τ
+    # history (context) noise: τ_ctx ~ U[0, ctx_tau_max], left clean with probability ctx_clean_prob
+    ctx_tau_max: float = 0.1
+    ctx_clean_prob: float = 0.75
+    ctx_tau_inference: float = 0.0  # noise level of pushed history frames at inference
+    ctx_noise_seed: int = 12345  # seeds the (per-frame, deterministic) inference history noise
+    # sampler
+    num_sampler_steps: int = 20
+    deterministic_sampler: bool = False  # probability-flow ODE instead of the reverse SDE
+    # translation integrator: "exponential" (exact over each step for the frozen denoiser) or "euler"
+    # (Euler–Maruyama); rotations always take geodesic Euler–Maruyama steps
+    sampler_method: str = "exponential"
+    # τ grid τ_i = τ_min + (1 − τ_min)(1 − i/(n−1))^p: p > 1 puts more steps at small τ, where the
+    # VP noise level changes fastest
+    sampler_time_power: float = 2.0
+
+    def __post_init__(self) -> None:
+        if self.width % self.num_heads != 0:
+            raise StarMDError(f"width {self.width} is not divisible by num_heads {self.num_heads}: change one")
+        if (self.width // self.num_heads) % 4 != 0:
+            raise StarMDError("width / num_heads must be a multiple of 4 for 2-D rotary embeddings")
+        if self.window < 2:
+            raise StarMDError(f"window must be at least 2 frames, got {self.window}")
+        if self.sampler_method not in ("exponential", "euler"):
+            raise StarMDError(f"sampler_method must be 'exponential' or 'euler', got {self.sampler_method!r}")
+        if self.num_sampler_steps < 1:
+            raise StarMDError(f"num_sampler_steps must be at least 1, got {self.num_sampler_steps}")
+
+    @property
+    def head_dim(self) -> int:
+        return self.width // self.num_heads
+
+    @property
+    def translation_scale(self) -> float:
+        """Factor from nm to diffusion units."""
+        return self.translation_scale_per_angstrom * ANGSTROM_PER_NM
+
+    def replace(self, **changes: Any) -> ModelConfig:
+        """A copy with some fields changed (unknown names raise :class:`StarMDError`)."""
+        unknown = set(changes) - {f.name for f in dataclasses.fields(self)}
+        if unknown:
+            raise StarMDError(f"unknown model option(s) {sorted(unknown)}: see ModelConfig fields")
+        return dataclasses.replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
+        """Rebuild from :meth:`to_dict` output; unknown keys (a newer version's) raise StarMDError."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(data) - names
+        if unknown:
+            raise StarMDError(f"checkpoint config has unknown field(s) {sorted(unknown)}: upgrade openmm_starmd")
+        return cls(**data)
+
+
+PRESETS: dict[str, ModelConfig] = {
+    "tiny": ModelConfig(num_blocks=2, width=32, num_heads=2, mlp_ratio=2, ipa_points=2, ipa_value_points=2,
+                        num_fourier=8, window=4, num_sampler_steps=8),
+    "small": ModelConfig(num_blocks=3, width=96, num_heads=4, mlp_ratio=2, ipa_points=4, ipa_value_points=4,
+                         num_fourier=16, window=8, num_sampler_steps=20),
+    "base": ModelConfig(num_blocks=4, width=256, num_heads=8, mlp_ratio=4, ipa_points=4, ipa_value_points=8,
+                        num_fourier=32, window=16, num_sampler_steps=50, chi_head=True),
+}
+
+
+def preset(name: str, **changes: Any) -> ModelConfig:
+    """The named preset (``tiny``, ``small``, ``base``), optionally with fields changed."""
+    if name not in PRESETS:
+        raise StarMDError(f"unknown preset {name!r}: choose one of {', '.join(PRESETS)}")
+    return PRESETS[name].replace(**changes) if changes else PRESETS[name]

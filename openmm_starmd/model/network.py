@@ -1,0 +1,230 @@
+"""The STAR-MD network: invariant token embedding, blocks of (per-frame IPA → joint space-time
+attention → MLP) with adaLN conditioning, and heads that predict the clean frame of noisy tokens.
+
+Tokens are grouped by frame: every tensor of tokens is ``[B, F, N, C]`` where each of the F groups is
+one frame (a clean history frame or a noisy target copy). Callers (training objective, rollout)
+prepare groups with :func:`openmm_starmd.model.embeddings.token_features` and call :meth:`trunk`
+then :meth:`heads`; :class:`KVCache` carries keys/values of clean frames between calls.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from openmm_starmd.frames.rigid import so3_exp
+from openmm_starmd.model.attention import FrameIPA, SpaceTimeAttention, block_mask
+from openmm_starmd.model.config import ModelConfig
+from openmm_starmd.model.embeddings import NUM_TOKEN_FEATURES, FourierFeatures, Rotary2D
+
+NUM_TORSIONS = 7
+
+
+@dataclass
+class KVCache:
+    """Keys/values of clean history frames for every block, plus their frame indices.
+
+    ``layers[l]`` is ``(k, v)`` each ``[B, H, F*N, d]``; ``frame_index`` is ``[F]`` long.
+    """
+
+    layers: list[tuple[torch.Tensor, torch.Tensor]] = field(default_factory=list)
+    frame_index: torch.Tensor | None = None
+
+    @property
+    def num_frames(self) -> int:
+        return 0 if self.frame_index is None else int(self.frame_index.numel())
+
+    def append(self, kvs: list[tuple[torch.Tensor, torch.Tensor]], frame_index: torch.Tensor, keep: int) -> None:
+        """Add one or more frames' ``kvs`` (from :meth:`StarMDNetwork.trunk`) and keep the last ``keep``."""
+        if self.frame_index is None:
+            self.layers = list(kvs)
+            self.frame_index = frame_index.clone()
+        else:
+            self.layers = [(torch.cat([k0, k1], 2), torch.cat([v0, v1], 2))
+                           for (k0, v0), (k1, v1) in zip(self.layers, kvs, strict=True)]
+            self.frame_index = torch.cat([self.frame_index, frame_index])
+        excess = self.num_frames - keep
+        if excess > 0:
+            tokens_per_frame = self.layers[0][0].shape[2] // self.num_frames
+            cut = excess * tokens_per_frame
+            self.layers = [(k[:, :, cut:].contiguous(), v[:, :, cut:].contiguous()) for k, v in self.layers]
+            self.frame_index = self.frame_index[excess:]
+
+
+class Block(nn.Module):
+    """adaLN-conditioned block: per-frame IPA, joint space-time attention, MLP (explicit sizes)."""
+
+    def __init__(self, width: int, num_heads: int, mlp_ratio: int, ipa_points: int, ipa_value_points: int) -> None:
+        super().__init__()
+        self.norms = nn.ModuleList([nn.LayerNorm(width, elementwise_affine=False) for _ in range(3)])
+        self.ada = nn.Linear(width, 9 * width)
+        nn.init.zeros_(self.ada.weight)
+        nn.init.zeros_(self.ada.bias)
+        self.ipa = FrameIPA(width, num_heads, ipa_points, ipa_value_points)
+        self.attn = SpaceTimeAttention(width, num_heads)
+        self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
+
+    def forward(
+        self,
+        h: torch.Tensor,
+        cond: torch.Tensor,
+        rot: torch.Tensor,
+        trans: torch.Tensor,
+        residue_mask: torch.Tensor,
+        rope: tuple[torch.Tensor, torch.Tensor],
+        mask: tuple[torch.Tensor, torch.Tensor],
+        past: tuple[torch.Tensor, torch.Tensor] | None,
+    ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
+        """``h`` ``[B, F, N, C]``, ``cond`` ``[B, F, C]``; ``mask`` is (group mask ``[F, Fp + F]``, key mask
+        ``[B, Fp + F, N]``); frames and rope as in :meth:`StarMDNetwork.trunk`."""
+        B, F_, N, C = h.shape
+        mods = self.ada(F.silu(cond))[:, :, None].chunk(9, dim=-1)
+
+        def modulate(x: torch.Tensor, i: int) -> torch.Tensor:
+            return self.norms[i](x) * (1.0 + mods[3 * i + 1]) + mods[3 * i]
+
+        h = h + mods[2] * self.ipa(modulate(h, 0), rot, trans, residue_mask)
+        upd, kv = self.attn(modulate(h, 1).reshape(B, F_ * N, C), rope[0], rope[1], mask[0], mask[1], past)
+        h = h + mods[5] * upd.view(B, F_, N, C)
+        h = h + mods[8] * self.mlp(modulate(h, 2))
+        return h, kv
+
+
+class StarMDNetwork(nn.Module):
+    """The causal space-time SE(3) denoiser. Build with ``StarMDNetwork(config)``."""
+
+    def __init__(self, config: ModelConfig) -> None:
+        super().__init__()
+        self.config = config
+        C, nf = config.width, config.num_fourier
+        self.feature_proj = nn.Linear(NUM_TOKEN_FEATURES, C)
+        self.residue_embed = nn.Embedding(config.num_residue_types, C)
+        self.tau_fourier = FourierFeatures(nf, max_frequency=100.0)
+        self.dt_fourier = FourierFeatures(nf, max_frequency=30.0)
+        self.kind_embed = nn.Embedding(2, C)
+        self.cond_mlp = nn.Sequential(nn.Linear(4 * nf, C), nn.SiLU(), nn.Linear(C, C))
+        self.rotary = Rotary2D(config.head_dim, config.residue_rope_base, config.time_rope_max_period)
+        self.blocks = nn.ModuleList([
+            Block(C, config.num_heads, config.mlp_ratio, config.ipa_points, config.ipa_value_points)
+            for _ in range(config.num_blocks)
+        ])
+        self.final_norm = nn.LayerNorm(C, elementwise_affine=False)
+        self.final_ada = nn.Linear(C, 2 * C)
+        nn.init.zeros_(self.final_ada.weight)
+        nn.init.zeros_(self.final_ada.bias)
+        self.frame_head = nn.Linear(C, 6)
+        nn.init.zeros_(self.frame_head.weight)
+        nn.init.zeros_(self.frame_head.bias)
+        self.chi_head = nn.Linear(C, 2 * NUM_TORSIONS) if config.chi_head else None
+
+    def trunk(
+        self,
+        features: torch.Tensor,
+        residue_type: torch.Tensor,
+        residue_index: torch.Tensor,
+        residue_mask: torch.Tensor,
+        rot: torch.Tensor,
+        trans: torch.Tensor,
+        tau: torch.Tensor,
+        log_dt: torch.Tensor,
+        frame_index: torch.Tensor,
+        noisy: torch.Tensor,
+        cache: KVCache | None = None,
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """Run all blocks on F frame groups of tokens.
+
+        Parameters
+        ----------
+        features
+            ``[B, F, N, NUM_TOKEN_FEATURES]`` from :func:`token_features`.
+        residue_type, residue_index
+            ``[B, N]`` long (types 0–19, 20 unknown).
+        residue_mask
+            ``[B, N]`` bool.
+        rot, trans
+            Global frames of the tokens ``[B, F, N, 3, 3]``, ``[B, F, N, 3]`` nm (for the IPA layer).
+        tau
+            Diffusion time of each group ``[B, F]`` (τ_ctx for clean groups).
+        log_dt
+            ``[B]`` natural log of the physical step in ps (used by noisy groups only).
+        frame_index
+            ``[F]`` long, frame number of each group.
+        noisy
+            ``[F]`` bool, group is a noisy target copy.
+        cache
+            Keys/values of earlier clean frames (read, not modified).
+
+        Returns
+        -------
+        h, kvs
+            Final states ``[B, F, N, C]`` and per-block ``(k, v)`` of these tokens, to append to a cache.
+        """
+        B, F_, N, _ = features.shape
+        h = self.feature_proj(features) + self.residue_embed(residue_type)[:, None]
+        dt_feat = self.dt_fourier(log_dt / 10.0)[:, None].expand(B, F_, -1) * noisy[None, :, None].to(h.dtype)
+        cond = self.cond_mlp(torch.cat([self.tau_fourier(tau), dt_feat], -1)) + self.kind_embed(noisy.long())[None]
+        tok_res = residue_index[:, None, :].expand(B, F_, N).reshape(B, F_ * N)
+        tok_frame = frame_index[None, :, None].expand(B, F_, N).reshape(B, F_ * N)
+        rope = self.rotary.angles(tok_res, tok_frame)
+        past_frames = cache.frame_index if cache is not None and cache.num_frames else frame_index[:0]
+        k_frames = torch.cat([past_frames, frame_index])
+        k_noisy = torch.cat([torch.zeros_like(past_frames, dtype=torch.bool), noisy])
+        groups = block_mask(frame_index, noisy, k_frames, k_noisy, self.config.window)
+        key_mask = residue_mask[:, None, :].expand(B, k_frames.numel(), N)
+        kvs = []
+        for i, block in enumerate(self.blocks):
+            past = cache.layers[i] if cache is not None and cache.num_frames else None
+            h, kv = block(h, cond, rot, trans, residue_mask, rope, (groups, key_mask), past)
+            kvs.append(kv)
+        mods = self.final_ada(F.silu(cond))[:, :, None].chunk(2, dim=-1)
+        h = self.final_norm(h) * (1.0 + mods[1]) + mods[0]
+        return h, kvs
+
+    def heads(
+        self, h: torch.Tensor, rel_rot_tau: torch.Tensor, x_tau: torch.Tensor, rot_sigma: torch.Tensor,
+        alpha: torch.Tensor, trans_sigma: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """Clean-frame prediction for noisy tokens, in the local axes of the previous clean frame.
+
+        Parameters
+        ----------
+        h
+            ``[B, F, N, C]`` trunk output of noisy groups.
+        rel_rot_tau, x_tau
+            Noisy relative rotation ``[B, F, N, 3, 3]`` and displacement ``[B, F, N, 3]`` (diffusion units).
+        rot_sigma, alpha, trans_sigma
+            ``[B, F]`` IGSO(3) σ (rad), VP α and VP σ at each group's τ.
+
+        Returns
+        -------
+        rel_rot0, x0, chi
+            ``[B, F, N, 3, 3]``, ``[B, F, N, 3]`` (diffusion units), and sin/cos of the 7 torsions
+            ``[B, F, N, 7, 2]`` or None.
+        """
+        B, F_, N, _ = h.shape
+        out = self.frame_head(h)
+        # Update the noisy rotation in its own frame, by at most ~σ: well conditioned at every τ.
+        rel_rot0 = rel_rot_tau @ so3_exp(out[..., :3] * rot_sigma[:, :, None, None])
+        # Posterior mean under a unit prior (α x_τ) plus a learned σ-scaled correction.
+        x0 = alpha[:, :, None, None] * x_tau + trans_sigma[:, :, None, None] * out[..., 3:]
+        chi = None
+        if self.chi_head is not None:
+            chi = F.normalize(self.chi_head(h).view(B, F_, N, NUM_TORSIONS, 2), dim=-1)
+        return rel_rot0, x0, chi
+
+
+def count_parameters(model: nn.Module) -> int:
+    """Number of trainable parameters."""
+    return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+def log_dt_tensor(dt_ps: float | torch.Tensor, batch: int, device: torch.device | str) -> torch.Tensor:
+    """``[B]`` natural log of Δt (ps) for a scalar or ``[B]`` Δt."""
+    dt = torch.as_tensor(dt_ps, dtype=torch.float32, device=device)
+    return torch.log(dt.expand(batch) if dt.dim() == 0 else dt)
+
+
+__all__ = ["KVCache", "StarMDNetwork", "count_parameters", "log_dt_tensor"]

@@ -1,0 +1,1 @@
+"""Training: block-diffusion objective (:mod:`.objective`), loop (:mod:`.trainer`), DDP (:mod:`.ddp`)."""
