@@ -17,8 +17,10 @@ from __future__ import annotations
 
 import copy
 import os
+import tempfile
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -118,6 +120,9 @@ class StarMDSimulation(app.Simulation):
         Seeds the proposer's and the relaxation's random numbers (and the default integrator).
     temperature
         Temperature of the default integrator (Quantity or K).
+    prior_positions
+        Positions (nm, [n_atoms, 3]) that condition the learned-prior force, needed only when
+        ``relax.starmd_force_weight`` is not 0 (e.g. the start structure).
     """
 
     def __init__(
@@ -133,6 +138,7 @@ class StarMDSimulation(app.Simulation):
         platformProperties: dict | None = None,
         seed: int = 0,
         temperature: u.Quantity | float = 300.0 * u.kelvin,
+        prior_positions: Any = None,
     ) -> None:
         require_implicit_solvent(topology, system)
         self.jump_ps = to_ps(jump)
@@ -151,6 +157,8 @@ class StarMDSimulation(app.Simulation):
         self.restraints = BackboneRestraints(self.atom_map.restrained_atoms)
         restraint_group = self.restraints.add_to(system)
         self._physical_groups = {g for g in range(32) if g != restraint_group}
+        if relax.starmd_force_weight:
+            self._add_learned_prior(system, topology, prior_positions, restraint_group)
         if integrator is None:
             integrator = default_integrator(system, topology, to_kelvin(temperature), seed)
         if not hasattr(integrator, "getTemperature") and relax.temperature_k is None and relax.time_ps > 0:
@@ -181,6 +189,24 @@ class StarMDSimulation(app.Simulation):
             raise StarMDError(f"run time {to_ps(time)} ps is not a whole number of {self.jump_ps} ps jumps: "
                               "give a multiple of the jump")
         self.step(round(cycles))
+
+    def _add_learned_prior(self, system: openmm.System, topology: app.Topology, prior_positions: Any,
+                           group: int) -> None:
+        """Add the model's score as a StarMDForce (λ = 0 until the relaxation MD switches it on).
+
+        It shares the restraint force group, so reported physical energies leave it out.
+        """
+        from openmm_starmd.forces import add_starmd_force
+
+        model = getattr(self.proposer, "model", None)
+        if model is None:
+            raise StarMDError("relax.starmd_force_weight needs a STAR-MD proposer: set it to 0 for other proposers")
+        if prior_positions is None:
+            raise StarMDError("relax.starmd_force_weight needs prior_positions= (e.g. the start structure)")
+        # The TorchForce reads its module from a file; keep the folder for the simulation's lifetime.
+        self._prior_dir = tempfile.TemporaryDirectory(prefix="starmd_force_")
+        add_starmd_force(system, topology, model, prior_positions, Path(self._prior_dir.name) / "starmd_force.pt",
+                         weight=0.0, dt_ps=self.jump_ps, force_group=group)
 
     def reset_history(self) -> None:
         """Restart the proposer's history from the current structure at the next cycle."""

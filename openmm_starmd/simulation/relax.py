@@ -17,6 +17,7 @@ import openmm
 import openmm.unit as u
 
 from openmm_starmd.errors import StarMDError
+from openmm_starmd.forces import starmd_force_on
 
 RESTRAINT_K = "starmd_restraint_k"
 
@@ -41,6 +42,9 @@ class RelaxSettings:
     temperature_k
         Temperature of the fresh velocities drawn after minimisation, K; ``None`` takes the
         integrator's temperature.
+    starmd_force_weight
+        λ of a learned :class:`~openmm_starmd.forces.StarMDForce` during the MD segment (never during
+        minimisation: it reports no energy). 0, the default, leaves it out of the System entirely.
     """
 
     time_ps: float = 1.0
@@ -49,6 +53,7 @@ class RelaxSettings:
     minimize_iterations: int = 50
     minimize_tolerance: float = 10.0
     temperature_k: float | None = None
+    starmd_force_weight: float = 0.0
 
     def __post_init__(self) -> None:
         if not self.time_ps >= 0.0:
@@ -177,9 +182,10 @@ def relax(
         context.setVelocitiesToTemperature(temperature * u.kelvin, int(velocity_seed))
         stages = min(settings.ramp_stages, total)
         strengths = RelaxSettings(**{**asdict(settings), "ramp_stages": stages}).stage_strengths()
-        for k, n in zip(strengths, stage_steps(total, stages), strict=True):
-            restraints.set_strength(context, k)
-            integrator.step(n)
+        with starmd_force_on(context, settings.starmd_force_weight):
+            for k, n in zip(strengths, stage_steps(total, stages), strict=True):
+                restraints.set_strength(context, k)
+                integrator.step(n)
     restraints.set_strength(context, 0.0)
     timing.md_s = time.perf_counter() - start
     timing.steps = total
