@@ -149,7 +149,9 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
                    help="run folder (traj.xtc, topology.pdb, log.csv, run.json)")
     p.add_argument("--time", required=True, help="simulated time, e.g. 100ns, 1us")
     p.add_argument("--jump", default="1ns", help="simulated time per model jump (default 1ns)")
-    p.add_argument("--model", help="STAR-MD checkpoint folder, or a proposer name (e.g. perturb)")
+    p.add_argument("--model", default="default",
+                   help="STAR-MD checkpoint folder, a proposer name (e.g. perturb), or default: the model "
+                        "shipped with the package (default)")
     p.add_argument("--relax", default="1ps",
                    help="MD relaxation after each jump (default 1ps; 0ps: minimise only)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")

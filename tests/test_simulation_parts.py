@@ -39,8 +39,8 @@ def test_registry_has_entry_point_and_builtins(chignolin):
     assert isinstance(proposers.create_proposer("perturb", topology), proposers.PerturbationProposer)
     with pytest.raises(StarMDError, match="unknown proposer"):
         proposers.create_proposer("no-such-model", topology)
-    with pytest.raises(StarMDError, match="no default STAR-MD model"):
-        proposers.create_proposer("starmd", topology)
+    # Without a model option the `starmd` factory uses the shipped default model.
+    assert isinstance(proposers.create_proposer("starmd", topology), proposers.StarMDProposer)
     with pytest.raises(StarMDError, match="not found"):
         proposers.resolve_proposer("/nonexistent/model_dir", topology)
 

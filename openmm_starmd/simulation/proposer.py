@@ -15,6 +15,7 @@ from __future__ import annotations
 import math
 import os
 from abc import ABC, abstractmethod
+from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -26,6 +27,8 @@ from openmm_starmd.errors import StarMDError
 from openmm_starmd.frames import rigid
 
 ENTRY_POINT_GROUP = "openmm_starmd.proposers"
+# ``--model default`` / ``model="default"``: the model shipped inside the package (openmm_starmd/weights/).
+DEFAULT_MODEL = "default"
 
 
 class Proposer(ABC):
@@ -199,24 +202,38 @@ class StarMDProposer(Proposer):
 class StarMDProposerFactory(ProposerFactory):
     """Factory of :class:`StarMDProposer` (registered as ``starmd``).
 
-    Options: ``model`` (a checkpoint folder path or a loaded network; required until a default model
-    ships), ``window``, ``num_steps``.
+    Options: ``model`` (a checkpoint folder path, ``"default"`` or ``None`` for the shipped default
+    model, or a loaded network), ``window``, ``num_steps``.
     """
 
     def create_proposer(self, topology: app.Topology,
                         model: torch.nn.Module | str | os.PathLike | None = None,
                         window: int | None = None, num_steps: int | None = None) -> Proposer:
         if model is None:
-            raise StarMDError("no default STAR-MD model is installed yet: pass a checkpoint folder "
-                              "(--model PATH, or model=PATH)")
+            model = DEFAULT_MODEL
         if not isinstance(model, torch.nn.Module):
             model = load_model_path(model)
         return StarMDProposer(model, topology, window=window, num_steps=num_steps)
 
 
+def default_model_path() -> Path:
+    """Folder of the default model shipped as package data (``openmm_starmd/weights/``); no network needed.
+
+    Raises
+    ------
+    StarMDError
+        If the weights are not installed (e.g. a source tree without them).
+    """
+    folder = Path(str(resources.files("openmm_starmd") / "weights"))
+    if not (folder / "model.safetensors").is_file() or not (folder / "model.json").is_file():
+        raise StarMDError(f"the default STAR-MD model is not installed ({folder} lacks model.safetensors or "
+                          "model.json): reinstall openmm_starmd or pass --model PATH (a checkpoint folder)")
+    return folder
+
+
 def load_model_path(path: str | os.PathLike) -> torch.nn.Module:
-    """Load a STAR-MD checkpoint folder, with a one-line error when it is missing."""
-    path = Path(path)
+    """Load a STAR-MD checkpoint folder (``"default"``: the shipped model), with a one-line error when missing."""
+    path = default_model_path() if str(path) == DEFAULT_MODEL else Path(path)
     if not path.exists():
         raise StarMDError(f"model {path} not found: give a STAR-MD checkpoint folder or a proposer name "
                           f"({', '.join(available_proposers())})")
@@ -268,7 +285,8 @@ def create_proposer(name: str, topology: app.Topology, **options: Any) -> Propos
 
 def resolve_proposer(proposer: Proposer | torch.nn.Module | str | os.PathLike,
                      topology: app.Topology) -> Proposer:
-    """A :class:`Proposer` from an instance, a loaded STAR-MD network, a registered name or a checkpoint."""
+    """A :class:`Proposer` from an instance, a loaded STAR-MD network, a registered name, ``"default"``
+    (the shipped model) or a checkpoint folder."""
     if isinstance(proposer, Proposer):
         return proposer
     if isinstance(proposer, torch.nn.Module):

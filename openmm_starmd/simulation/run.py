@@ -30,10 +30,12 @@ from openmm_starmd.errors import StarMDError
 from openmm_starmd.simulation.guards import GuardSettings
 from openmm_starmd.simulation.hybrid import JumpRejectedError, StarMDSimulation
 from openmm_starmd.simulation.proposer import (
+    DEFAULT_MODEL,
     Proposer,
     StarMDProposerFactory,
     available_proposers,
     create_proposer,
+    default_model_path,
 )
 from openmm_starmd.simulation.relax import RelaxSettings
 from openmm_starmd.simulation.reporters import JumpLogReporter
@@ -65,10 +67,8 @@ class ProgressReporter:
 
 
 def make_proposer(model: str | None, topology: app.Topology) -> Proposer:
-    """``--model``: a registered proposer name or a STAR-MD checkpoint folder."""
-    if model is None:
-        raise StarMDError("no default STAR-MD model is installed yet: pass --model PATH (a checkpoint "
-                          "folder) or --model perturb (random baseline, no learned dynamics)")
+    """``--model``: ``default`` (the shipped model; also for None), a proposer name or a checkpoint folder."""
+    model = DEFAULT_MODEL if model is None else model
     if model in available_proposers() and model != "starmd":
         return create_proposer(model, topology)
     return StarMDProposerFactory().create_proposer(topology, model=model)
@@ -76,8 +76,9 @@ def make_proposer(model: str | None, topology: app.Topology) -> Proposer:
 
 def _check_model(model: str | None) -> None:
     """Fail fast (before any preparation) on a missing model."""
-    if model is None:
-        make_proposer(None, app.Topology())
+    if model is None or model == DEFAULT_MODEL:
+        default_model_path()
+        return
     if model not in available_proposers() and not Path(model).exists():
         raise StarMDError(f"model {model} not found: give a STAR-MD checkpoint folder or a proposer name "
                           f"({', '.join(available_proposers())})")
@@ -118,7 +119,7 @@ def run_simulation(
     output: str | os.PathLike,
     time_ps: float,
     jump_ps: float = 1000.0,
-    model: str | None = None,
+    model: str | None = DEFAULT_MODEL,
     relax: RelaxSettings | None = None,
     seed: int = 0,
     platform: str | None = None,
@@ -139,7 +140,8 @@ def run_simulation(
     time_ps, jump_ps
         Total simulated time and time per jump, ps (``time_ps`` rounded to whole jumps).
     model
-        Registered proposer name or STAR-MD checkpoint folder (required until a default ships).
+        ``"default"`` (the model shipped in openmm_starmd/weights/), a registered proposer name or a
+        STAR-MD checkpoint folder.
     relax
         Relaxation settings (default :class:`RelaxSettings`).
     seed, platform, forcefield, temperature_k
@@ -183,7 +185,8 @@ def run_simulation(
         for name in FILES:
             (out / name).unlink(missing_ok=True)
         prep.write_pdb(prepared, out / "topology.pdb", overwrite=True)
-        model = model if model in available_proposers() else str(Path(model).resolve())
+        model = DEFAULT_MODEL if model is None else model
+        model = model if model in (*available_proposers(), DEFAULT_MODEL) else str(Path(model).resolve())
     # Always start from the written PDB, so a resumed run builds exactly the same System.
     start = prep.load_pdb(out / "topology.pdb")
     system, topology, positions = build_system(start.topology, start.positions, forcefield)

@@ -1,0 +1,237 @@
+"""Fidelity of hybrid rollouts against the reference MD of every system, next to the MD-vs-MD floor.
+
+For each reference folder NAME/ (NAME.pdb + NAME_R*.xtc, 10 ps frames) a hybrid rollout of the same
+simulated length as the first replica is run from NAME.pdb with ``--jump`` (default 100 ps: a 10 ns
+reference gives 100 rollout frames, chignolin's 18 ns gives 180), then ``starmd validate``'s
+:func:`validate` compares it with every replica (ensemble metrics on all frames; dynamics metrics with the
+reference strided to the jump interval). Finished rollouts in ``--out`` are reused, so a rerun only
+re-validates. Goals: chignolin CA RMSF Pearson r >= 0.8 and PC1/PC2 JSD <= 1.5x floor; tetrapeptides' mean
+φ/ψ JSD <= 1.5x their mean floor.
+
+    python benchmarks/bench_fidelity.py /work/shared/data/md --systems CLN025 AMRV --out /tmp/fidelity
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import mdtraj as md
+import numpy as np
+import openmm.app as app
+import openmm.unit as u
+from tqdm import tqdm
+
+from openmm_starmd import prep
+from openmm_starmd.analysis.report import validate
+from openmm_starmd.atomic import atomic_write, atomic_write_json
+from openmm_starmd.data.dataset import find_atlas_folders
+from openmm_starmd.forcefields import build_system
+from openmm_starmd.simulation import JumpLogReporter, JumpRejectedError, StarMDSimulation
+from openmm_starmd.units import parse_time
+
+METRICS = ("rmsf_pearson_r", "pc_jsd", "torsion_jsd", "tic_jsd", "invalid_rate")
+CHIGNOLIN = "CLN025"
+FACTOR = 1.5
+
+
+def reference_length_ps(folder: Path) -> tuple[float, int]:
+    """Simulated length of the first replica (ps) and its frame count."""
+    name = folder.name
+    xtc = sorted(folder.glob(f"{name}_R*.xtc"))[0]
+    meta = xtc.with_suffix(".json")
+    spacing = json.loads(meta.read_text()).get("stride_ps", 10.0) if meta.is_file() else 10.0
+    with md.formats.XTCTrajectoryFile(str(xtc)) as handle:
+        n_frames = len(handle)
+    return n_frames * spacing, n_frames
+
+
+def hybrid_rollout(pdb: Path, out: Path, time_ps: float, jump_ps: float, model: str, seed: int,
+                   max_wall_s: float | None = None, max_failures: int = 20) -> dict:
+    """A hybrid run at default settings (implicit-fast, default relaxation and guards) into ``out``.
+
+    Unlike ``starmd simulate``, a cycle whose every proposal fails the guards (JumpRejectedError) does not
+    end the run: it is counted as a failed cycle and tried again from the same structure with fresh
+    random numbers (the simulation restores the cycle's start itself), so a benchmark measures how often
+    that happens instead of stopping at the first one. Stops after ``max_failures`` failures in a row or
+    when ``max_wall_s`` is spent. Writes topology.pdb, traj.xtc (frames at k x jump), log.csv, rollout.json.
+    """
+    out.mkdir(parents=True, exist_ok=True)
+    for name in ("traj.xtc", "log.csv", "rollout.json"):
+        (out / name).unlink(missing_ok=True)
+    prep.write_pdb(prep.prepare(pdb), out / "topology.pdb", overwrite=True)
+    start = prep.load_pdb(out / "topology.pdb")
+    system, topology, positions = build_system(start.topology, start.positions, "implicit-fast")
+    sim = StarMDSimulation(topology, system, model, jump=jump_ps * u.picosecond, seed=seed)
+    sim.context.setPositions(positions)
+    log = JumpLogReporter(out / "log.csv", 1, np.asarray(positions.value_in_unit(u.nanometer)), topology)
+    sim.reporters += [app.XTCReporter(str(out / "traj.xtc"), 1), log]
+    total = round(time_ps / jump_ps)
+    failed, in_a_row, status = 0, 0, "complete"
+    wall = time.perf_counter()
+    with tqdm(total=total, unit="jump", desc=pdb.stem, leave=False) as bar:
+        while sim.currentStep < total:
+            if max_wall_s is not None and time.perf_counter() - wall > max_wall_s:
+                status = "wall-time budget spent"
+                break
+            try:
+                sim.step(1)
+                in_a_row = 0
+                bar.update(1)
+            except JumpRejectedError:
+                failed += 1
+                in_a_row += 1
+                if in_a_row >= max_failures:
+                    status = f"stopped: {max_failures} failed cycles in a row"
+                    break
+    wall = time.perf_counter() - wall
+    log.close()
+    speed = sim.speed()
+    record = {"pdb": str(pdb), "model": model, "seed": seed, "jump_ps": jump_ps, "jumps_total": total,
+              "jumps_done": sim.currentStep, "failed_cycles": failed, "status": status, "wall_s": wall,
+              "seconds_per_cycle": wall / max(1, sim.currentStep), "rejections": sim.rejections,
+              "halvings": sim.halvings, "speed": speed, "relax": sim.relax_settings.describe(),
+              "guards": sim.guard_settings.describe()}
+    atomic_write_json(out / "rollout.json", record)
+    return record
+
+
+def run_system(folder: Path, out: Path, jump_ps: float, model: str, seed: int, lag: str,
+               max_wall_s: float | None = None) -> dict:
+    """Roll out (unless done), validate, and return the row for one system."""
+    name = folder.name
+    time_ps, ref_frames = reference_length_ps(folder)
+    run_dir = out / name / "run"
+    record_path = run_dir / "rollout.json"
+    done = record_path.exists() and json.loads(record_path.read_text())["jumps_total"] == round(time_ps / jump_ps)
+    record = json.loads(record_path.read_text()) if done else hybrid_rollout(
+        folder / f"{name}.pdb", run_dir, time_ps, jump_ps, model, seed, max_wall_s=max_wall_s)
+    row = {"system": name, "reference_ns": time_ps / 1000.0, "reference_frames": ref_frames,
+           "rollout_frames": record["jumps_done"], "jump_ps": jump_ps, "rollout_wall_s": record["wall_s"],
+           "seconds_per_cycle": record["seconds_per_cycle"], "failed_cycles": record["failed_cycles"],
+           "rejections": sum(record["rejections"].values()), "rejection_reasons": record["rejections"],
+           "status": record["status"], "metrics": {}, "floor": {}}
+    if record["jumps_done"] < 20:
+        row["note"] = "too few frames to validate"
+        return row
+    start = time.perf_counter()
+    refs = sorted(folder.glob(f"{name}_R*.xtc"))
+    validate([run_dir / "traj.xtc"], refs, folder / f"{name}.pdb", out / name / "validate",
+             gen_top=run_dir / "topology.pdb", lag=lag, overwrite=True, progress=False)
+    report = json.loads((out / name / "validate" / "metrics.json").read_text())
+    row.update(residues=report["info"]["residues"], validate_wall_s=time.perf_counter() - start,
+               metrics={k: report["metrics"][k]["value"] for k in METRICS if k in report["metrics"]},
+               floor={k: report["metrics"][k]["md_vs_md_floor"] for k in METRICS if k in report["metrics"]},
+               floor_method=report["floor_method"], time_note=report["inputs"]["time_note"])
+    return row
+
+
+def _num(value: float | None) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _ratio(value: float, floor: float) -> float:
+    return value / floor if floor > 0 else float("nan")
+
+
+def goals(rows: list[dict]) -> dict:
+    """Pass/fail of the issue's fidelity goals for the systems that were run."""
+    out: dict = {}
+    chig = [r for r in rows if r["system"] == CHIGNOLIN]
+    if chig:
+        m, f = chig[0]["metrics"], chig[0]["floor"]
+        r = _num(m.get("rmsf_pearson_r"))
+        out["chignolin_rmsf_r"] = {"value": r, "goal": ">= 0.8", "met": bool(r >= 0.8)}
+        ratio = _ratio(_num(m.get("pc_jsd")), _num(f.get("pc_jsd")))
+        out["chignolin_pc_jsd_over_floor"] = {"value": ratio, "goal": f"<= {FACTOR}", "met": bool(ratio <= FACTOR)}
+    tetra = [r for r in rows if r["system"] != CHIGNOLIN]
+    if tetra:
+        value = float(np.nanmean([_num(r["metrics"].get("torsion_jsd")) for r in tetra]))
+        floor = float(np.nanmean([_num(r["floor"].get("torsion_jsd")) for r in tetra]))
+        out["tetrapeptide_mean_torsion_jsd"] = {"value": value, "floor": floor, "ratio": _ratio(value, floor),
+                                                "goal": f"<= {FACTOR} x floor", "met": bool(value <= FACTOR * floor),
+                                                "systems": len(tetra)}
+    return out
+
+
+def _fmt(value: float | None) -> str:
+    return "n/a" if value is None or not math.isfinite(value) else f"{value:.3f}"
+
+
+def markdown(rows: list[dict], result: dict) -> str:
+    head = ("| System | Res. | Frames (rollout / ref.) | s/cycle | Rejected proposals | Failed cycles | RMSF r "
+            "| PC JSD | φ/ψ JSD | TIC JSD | Invalid frames |")
+    lines = ["# Fidelity: hybrid rollout vs reference MD", "",
+             f"Model `{result['model']}`, {result['jump_ps']:g} ps jumps, seed {result['seed']}, {result['machine']}. "
+             "Each cell: rollout value (MD-vs-MD floor). JSD in bits; RMSF r higher is better, the rest lower.", "",
+             head, "|---" * 11 + "|"]
+    for r in rows:
+        m, f = r["metrics"], r["floor"]
+        cells = " | ".join(f"{_fmt(m.get(k))} ({_fmt(f.get(k))})" for k in METRICS)
+        lines.append(f"| {r['system']} | {r.get('residues', '?')} | {r['rollout_frames']} / {r['reference_frames']} "
+                     f"| {r['seconds_per_cycle']:.3f} | {r['rejections']} | {r['failed_cycles']} | {cells} |")
+    lines += ["", "| Goal | Value | Target | Met |", "|---|---|---|---|"]
+    for name, g in result["goals"].items():
+        lines.append(f"| {name} | {_fmt(g['value'])} | {g['goal']} | {'yes' if g['met'] else 'no'} |")
+    for r in rows:
+        if r["status"] != "complete" or "note" in r:
+            lines.append(f"\n{r['system']}: rollout {r['status']}{'; ' + r['note'] if 'note' in r else ''}.")
+    done = [r for r in rows if "time_note" in r]
+    if done:
+        lines += ["", f"Time handling: {done[0]['time_note']}. Floor: {done[0]['floor_method']}.", ""]
+    return "\n".join(lines)
+
+
+def _clean(value: object) -> object:
+    if isinstance(value, dict):
+        return {k: _clean(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("data", help="folder of reference systems NAME/ (e.g. /work/shared/data/md)")
+    parser.add_argument("--systems", nargs="+", help="subset of system names (default: all)")
+    parser.add_argument("--jump", default="100ps", help="time per jump (default 100ps)")
+    parser.add_argument("--model", default="default", help="STAR-MD model folder, default, or a proposer name")
+    parser.add_argument("--lag", default="100ps", help="TICA/VAMP lag (default 100ps = one rollout frame)")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--max-wall", type=float, help="stop each rollout after this many seconds (partial)")
+    parser.add_argument("--out", required=True, help="work folder (rollouts and validation reports; reused)")
+    parser.add_argument("--json", default="benchmarks/results/fidelity.json")
+    parser.add_argument("--md", default="benchmarks/results/fidelity.md")
+    args = parser.parse_args()
+
+    folders = find_atlas_folders(args.data)
+    if args.systems:
+        folders = [f for f in folders if f.name in set(args.systems)]
+    jump_ps = parse_time(args.jump, "--jump")
+    rows = []
+    for folder in folders:
+        row = run_system(folder, Path(args.out), jump_ps, args.model, args.seed, args.lag, args.max_wall)
+        rows.append(row)
+        m = row["metrics"]
+        print(f"{row['system']:<8} {row['rollout_frames']:>4} frames {row['seconds_per_cycle']:.3f} s/cycle "
+              f"{row['failed_cycles']} failed cycles  "
+              + "  ".join(f"{k} {_fmt(m.get(k))} ({_fmt(row['floor'].get(k))})" for k in METRICS), flush=True)
+    result = {"model": args.model, "jump_ps": jump_ps, "seed": args.seed, "lag": args.lag,
+              "machine": f"{os.cpu_count()}-core CPU, load {os.getloadavg()[0]:.1f}", "systems": rows}
+    result["goals"] = goals(rows)
+    text = markdown(rows, result)
+    print(text)
+    Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(args.json, _clean(result))
+    with atomic_write(args.md) as handle:
+        handle.write(text)
+
+
+if __name__ == "__main__":
+    main()
