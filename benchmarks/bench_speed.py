@@ -140,7 +140,7 @@ def main() -> None:
             f"| hybrid | {hy_row['ns_per_day']:,.1f} | {hy_row['seconds_per_cycle']:.3f} | "
             f"{hy_row['model_share']:.1%} | {hy_row['openmm_share']:.1%} | {hy_row['rejections']} | "
             f"{hy_row['failed_cycles']} | {hy_row['valid_fraction']:.0%} |\n\n"
-            f"Speed-up {ratio:,.0f}x (goal >= 100x).\n")
+            f"Speed-up {ratio:,.1f}x (goal >= 100x).\n")
 
 
 if __name__ == "__main__":
