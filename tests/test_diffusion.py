@@ -13,14 +13,6 @@ from openmm_starmd.frames.rigid import geodesic_distance, random_rotations, so3_
 from openmm_starmd.model.config import preset
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 def test_vp_schedule_preserves_variance():
     s = VPSchedule(0.1, 20.0)
     tau = torch.linspace(0, 1, 11)

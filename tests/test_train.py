@@ -20,14 +20,6 @@ from openmm_starmd.train.trainer import Trainer, TrainOptions
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
 @pytest.fixture(scope="module")
 def atlas(tmp_path_factory) -> Path:
     """tests/data/cln025 in the ATLAS layout: cln025/cln025.pdb + cln025/cln025_R1.xtc."""
