@@ -29,6 +29,7 @@ setup(
         "matplotlib",
         "PeptideBuilder",
         "deeptime",
+        "threadpoolctl",
     ],
     extras_require={"test": ["pytest", "ruff"]},
     entry_points={
