@@ -4,6 +4,18 @@ The suite runs on 2 cores beside other work; torch's intra-op threads fight each
 tensors tests use (measured 10-40x slower under load), so tests use one thread.
 """
 
+from pathlib import Path
+
+import mdtraj as md
+import pytest
 import torch
 
 torch.set_num_threads(1)
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="session")
+def cln025_traj() -> md.Trajectory:
+    """The shipped 3 ns chignolin slice (300 frames, 10 ps apart), loaded once; tests copy before changing it."""
+    return md.load(DATA / "cln025_3ns.xtc", top=DATA / "cln025.pdb")

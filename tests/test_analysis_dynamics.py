@@ -1,6 +1,5 @@
 """Known-answer tests of the dynamics metrics (TICA/VAMP via deeptime, autocorrelation, RMSD vs lag)."""
 
-from pathlib import Path
 
 import mdtraj as md
 import numpy as np
@@ -13,12 +12,10 @@ from openmm_starmd.analysis.dynamics import (
     fit_dynamics_reference,
 )
 
-DATA = Path(__file__).parent / "data"
-
 
 @pytest.fixture(scope="module")
-def cln() -> md.Trajectory:
-    return md.load(DATA / "cln025_3ns.xtc", top=DATA / "cln025.pdb")
+def cln(cln025_traj) -> md.Trajectory:
+    return cln025_traj
 
 
 @pytest.fixture(scope="module")

@@ -22,8 +22,8 @@ DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
-def cln() -> md.Trajectory:
-    return md.load(DATA / "cln025_3ns.xtc", top=DATA / "cln025.pdb")
+def cln(cln025_traj) -> md.Trajectory:
+    return cln025_traj
 
 
 def test_identical_trajectories_give_zero_divergence(cln):

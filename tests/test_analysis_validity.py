@@ -1,6 +1,5 @@
 """Known-answer tests of per-frame validity: breaks, clashes, reference-relative rates, no periodicity."""
 
-from pathlib import Path
 
 import mdtraj as md
 import numpy as np
@@ -13,12 +12,10 @@ from openmm_starmd.analysis.validity import (
     validity_rates,
 )
 
-DATA = Path(__file__).parent / "data"
-
 
 @pytest.fixture(scope="module")
-def cln() -> md.Trajectory:
-    return md.load(DATA / "cln025_3ns.xtc", top=DATA / "cln025.pdb")[:40]
+def cln(cln025_traj) -> md.Trajectory:
+    return cln025_traj[:40]
 
 
 def _atoms_of_residues(top: md.Topology, first: int) -> np.ndarray:
