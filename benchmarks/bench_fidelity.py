@@ -9,6 +9,9 @@ re-validates. Goals: chignolin CA RMSF Pearson r >= 0.8 and PC1/PC2 JSD <= 1.5x 
 φ/ψ JSD <= 1.5x their mean floor.
 
     python benchmarks/bench_fidelity.py /work/shared/data/md --systems CLN025 AMRV --out /tmp/fidelity
+
+``--prior-weight λ`` adds the model's learned force to every relaxation (issue 8's comparison: run once
+with and once without, into different ``--out`` folders and ``--json``/``--md`` files).
 """
 
 from __future__ import annotations
@@ -31,7 +34,7 @@ from openmm_starmd.analysis.report import validate
 from openmm_starmd.atomic import atomic_write, atomic_write_json
 from openmm_starmd.data.dataset import find_atlas_folders
 from openmm_starmd.forcefields import build_system
-from openmm_starmd.simulation import JumpLogReporter, JumpRejectedError, StarMDSimulation
+from openmm_starmd.simulation import JumpLogReporter, JumpRejectedError, RelaxSettings, StarMDSimulation
 from openmm_starmd.units import parse_time
 
 METRICS = ("rmsf_pearson_r", "pc_jsd", "torsion_jsd", "tic_jsd", "invalid_rate")
@@ -51,7 +54,7 @@ def reference_length_ps(folder: Path) -> tuple[float, int]:
 
 
 def hybrid_rollout(pdb: Path, out: Path, time_ps: float, jump_ps: float, model: str, seed: int,
-                   max_wall_s: float | None = None, max_failures: int = 20) -> dict:
+                   max_wall_s: float | None = None, max_failures: int = 20, prior_weight: float = 0.0) -> dict:
     """A hybrid run at default settings (implicit-fast, default relaxation and guards) into ``out``.
 
     Unlike ``starmd simulate``, a cycle whose every proposal fails the guards (JumpRejectedError) does not
@@ -59,6 +62,8 @@ def hybrid_rollout(pdb: Path, out: Path, time_ps: float, jump_ps: float, model: 
     random numbers (the simulation restores the cycle's start itself), so a benchmark measures how often
     that happens instead of stopping at the first one. Stops after ``max_failures`` failures in a row or
     when ``max_wall_s`` is spent. Writes topology.pdb, traj.xtc (frames at k x jump), log.csv, rollout.json.
+    ``prior_weight`` > 0 adds the model's learned force (StarMDForce, conditioned on the start structure)
+    with that λ to every relaxation's MD segment.
     """
     out.mkdir(parents=True, exist_ok=True)
     for name in ("traj.xtc", "log.csv", "rollout.json"):
@@ -66,7 +71,9 @@ def hybrid_rollout(pdb: Path, out: Path, time_ps: float, jump_ps: float, model: 
     prep.write_pdb(prep.prepare(pdb), out / "topology.pdb", overwrite=True)
     start = prep.load_pdb(out / "topology.pdb")
     system, topology, positions = build_system(start.topology, start.positions, "implicit-fast")
-    sim = StarMDSimulation(topology, system, model, jump=jump_ps * u.picosecond, seed=seed)
+    relax = RelaxSettings(starmd_force_weight=prior_weight)
+    sim = StarMDSimulation(topology, system, model, jump=jump_ps * u.picosecond, seed=seed, relax=relax,
+                           prior_positions=positions if prior_weight else None)
     sim.context.setPositions(positions)
     log = JumpLogReporter(out / "log.csv", 1, np.asarray(positions.value_in_unit(u.nanometer)), topology)
     sim.reporters += [app.XTCReporter(str(out / "traj.xtc"), 1), log]
@@ -92,7 +99,8 @@ def hybrid_rollout(pdb: Path, out: Path, time_ps: float, jump_ps: float, model: 
     log.close()
     speed = sim.speed()
     record = {"pdb": str(pdb), "model": model, "seed": seed, "jump_ps": jump_ps, "jumps_total": total,
-              "jumps_done": sim.currentStep, "failed_cycles": failed, "status": status, "wall_s": wall,
+              "jumps_done": sim.currentStep, "prior_weight": prior_weight, "failed_cycles": failed,
+              "status": status, "wall_s": wall,
               "seconds_per_cycle": wall / max(1, sim.currentStep), "rejections": sim.rejections,
               "halvings": sim.halvings, "speed": speed, "relax": sim.relax_settings.describe(),
               "guards": sim.guard_settings.describe()}
@@ -101,15 +109,17 @@ def hybrid_rollout(pdb: Path, out: Path, time_ps: float, jump_ps: float, model: 
 
 
 def run_system(folder: Path, out: Path, jump_ps: float, model: str, seed: int, lag: str,
-               max_wall_s: float | None = None) -> dict:
+               max_wall_s: float | None = None, prior_weight: float = 0.0) -> dict:
     """Roll out (unless done), validate, and return the row for one system."""
     name = folder.name
     time_ps, ref_frames = reference_length_ps(folder)
     run_dir = out / name / "run"
     record_path = run_dir / "rollout.json"
-    done = record_path.exists() and json.loads(record_path.read_text())["jumps_total"] == round(time_ps / jump_ps)
-    record = json.loads(record_path.read_text()) if done else hybrid_rollout(
-        folder / f"{name}.pdb", run_dir, time_ps, jump_ps, model, seed, max_wall_s=max_wall_s)
+    old = json.loads(record_path.read_text()) if record_path.exists() else {}
+    done = (old.get("jumps_total") == round(time_ps / jump_ps) and old.get("model") == model
+            and old.get("prior_weight", 0.0) == prior_weight)
+    record = old if done else hybrid_rollout(folder / f"{name}.pdb", run_dir, time_ps, jump_ps, model, seed,
+                                             max_wall_s=max_wall_s, prior_weight=prior_weight)
     row = {"system": name, "reference_ns": time_ps / 1000.0, "reference_frames": ref_frames,
            "rollout_frames": record["jumps_done"], "jump_ps": jump_ps, "rollout_wall_s": record["wall_s"],
            "seconds_per_cycle": record["seconds_per_cycle"], "failed_cycles": record["failed_cycles"],
@@ -166,7 +176,8 @@ def markdown(rows: list[dict], result: dict) -> str:
     head = ("| System | Res. | Frames (rollout / ref.) | s/cycle | Rejected proposals | Failed cycles | RMSF r "
             "| PC JSD | φ/ψ JSD | TIC JSD | Invalid frames |")
     lines = ["# Fidelity: hybrid rollout vs reference MD", "",
-             f"Model `{result['model']}`, {result['jump_ps']:g} ps jumps, seed {result['seed']}, {result['machine']}. "
+             f"Model `{result['model']}`, {result['jump_ps']:g} ps jumps, learned-force λ {result['prior_weight']:g}, "
+             f"seed {result['seed']}, {result['machine']}. "
              "Each cell: rollout value (MD-vs-MD floor). JSD in bits; RMSF r higher is better, the rest lower.", "",
              head, "|---" * 11 + "|"]
     for r in rows:
@@ -204,6 +215,8 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="STAR-MD model folder, default, or a proposer name")
     parser.add_argument("--lag", default="100ps", help="TICA/VAMP lag (default 100ps = one rollout frame)")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--prior-weight", type=float, default=0.0,
+                        help="λ of the learned force (StarMDForce) in every relaxation's MD (default 0: off)")
     parser.add_argument("--max-wall", type=float, help="stop each rollout after this many seconds (partial)")
     parser.add_argument("--out", required=True, help="work folder (rollouts and validation reports; reused)")
     parser.add_argument("--json", default="benchmarks/results/fidelity.json")
@@ -216,13 +229,15 @@ def main() -> None:
     jump_ps = parse_time(args.jump, "--jump")
     rows = []
     for folder in folders:
-        row = run_system(folder, Path(args.out), jump_ps, args.model, args.seed, args.lag, args.max_wall)
+        row = run_system(folder, Path(args.out), jump_ps, args.model, args.seed, args.lag, args.max_wall,
+                         args.prior_weight)
         rows.append(row)
         m = row["metrics"]
         print(f"{row['system']:<8} {row['rollout_frames']:>4} frames {row['seconds_per_cycle']:.3f} s/cycle "
               f"{row['failed_cycles']} failed cycles  "
               + "  ".join(f"{k} {_fmt(m.get(k))} ({_fmt(row['floor'].get(k))})" for k in METRICS), flush=True)
     result = {"model": args.model, "jump_ps": jump_ps, "seed": args.seed, "lag": args.lag,
+              "prior_weight": args.prior_weight,
               "machine": f"{os.cpu_count()}-core CPU, load {os.getloadavg()[0]:.1f}", "systems": rows}
     result["goals"] = goals(rows)
     text = markdown(rows, result)

@@ -1,7 +1,9 @@
 """Autoregressive rollout with a key/value cache: the interface the hybrid simulator calls.
 
 ``push`` appends a clean frame (its tokens' keys/values enter the cache, which keeps the last K
-frames), ``sample`` draws the next frame without appending it. Every jump therefore costs the same
+frames), ``sample`` draws the next frame without appending it. With ``config.align_history`` each pushed
+frame is first superposed on the previous one (the model's "world" coordinates, as in training) and
+samples are mapped back to the coordinates of the last pushed frame. Every jump therefore costs the same
 however long the rollout. :func:`sample_full_history` recomputes the same distribution without a
 cache from the whole history (the reference the cache is tested against).
 """
@@ -14,6 +16,7 @@ import torch
 
 from openmm_starmd.diffusion.sampler import FrameDiffusion, sample_relative
 from openmm_starmd.errors import StarMDError
+from openmm_starmd.frames.rigid import apply, invert, superpose, superpose_chain
 from openmm_starmd.model.network import KVCache, StarMDNetwork, log_dt_tensor
 from openmm_starmd.model.tokens import Residues, absolute, clean_inputs, noisy_inputs, perturb_frames
 
@@ -81,7 +84,9 @@ class Rollout:
         self.diffusion = FrameDiffusion(self.config)
         self.cache = KVCache()
         self.count = 0  # frames pushed so far
-        self._last: tuple[torch.Tensor, ...] | None = None  # clean and context-noised last frame
+        self._last: tuple[torch.Tensor, ...] | None = None  # clean and context-noised last frame (world)
+        # rigid transform from the caller's coordinates of the last pushed frame to world coordinates
+        self._align = (torch.eye(3, device=self.device), torch.zeros(3, device=self.device))
 
     @property
     def num_residues(self) -> int:
@@ -102,6 +107,9 @@ class Rollout:
     def push(self, rotations: torch.Tensor, translations: torch.Tensor) -> None:
         """Append a clean frame (``rotations`` ``[N, 3, 3]``, ``translations`` ``[N, 3]`` nm) to the history."""
         rot, trans = self._check_frame(rotations, translations)
+        if self.config.align_history and self._last is not None:
+            self._align = superpose(trans, self._last[1], self.residues.residue_mask[0])
+            rot, trans = self._align[0] @ rot, apply(self._align[0], self._align[1], trans)
         n_rot, n_trans = context_noise(self.model, self.diffusion, rot, trans, self.count)
         if self._last is None:
             prev_rot, prev_trans, has_prev = n_rot, n_trans, False
@@ -141,7 +149,8 @@ class Rollout:
         rel_rot, rel_x = sample_relative(denoise, (1, 1, self.num_residues), self.diffusion, generator,
                                          self.device, self.num_steps)
         rot, trans = absolute(ref_rot, ref_trans, rel_rot, rel_x, self.config.translation_scale)
-        return rot[0, 0], trans[0, 0]
+        back_rot, back_trans = invert(*self._align)
+        return back_rot @ rot[0, 0], apply(back_rot, back_trans, trans[0, 0])
 
     def state_dict(self) -> dict[str, torch.Tensor]:
         """History (cache, last frame, frame count) as a flat dict of tensors (safetensors-friendly)."""
@@ -151,6 +160,7 @@ class Rollout:
                                    strict=True):
                 state[name] = value.detach().cpu().clone()
             state["frame_index"] = self.cache.frame_index.cpu().clone()
+            state["align_rot"], state["align_trans"] = (x.detach().cpu().clone() for x in self._align)
             for i, (k, v) in enumerate(self.cache.layers):
                 state[f"cache_k_{i}"] = k.cpu().clone()
                 state[f"cache_v_{i}"] = v.cpu().clone()
@@ -162,6 +172,7 @@ class Rollout:
         self.window = int(state["window"])
         self.cache = KVCache()
         self._last = None
+        self._align = (torch.eye(3, device=self.device), torch.zeros(3, device=self.device))
         if "last_rot" in state:
             if state["last_rot"].shape[0] != self.num_residues:
                 raise StarMDError("rollout state is for a different number of residues: use the matching model/system")
@@ -170,6 +181,8 @@ class Rollout:
             layers = [(state[f"cache_k_{i}"].to(self.device), state[f"cache_v_{i}"].to(self.device))
                       for i in range(self.config.num_blocks)]
             self.cache = KVCache(layers, state["frame_index"].to(self.device))
+            if "align_rot" in state:
+                self._align = (state["align_rot"].to(self.device), state["align_trans"].to(self.device))
 
 
 def _denoiser(
@@ -224,6 +237,8 @@ def sample_full_history(
     cfg = model.config
     diffusion = FrameDiffusion(cfg)
     T = rotations.shape[0]
+    if cfg.align_history:  # the last frame stays put, so the draw is already in the caller's coordinates
+        rotations, translations = superpose_chain(rotations, translations, residues.residue_mask[0])
     noised = [context_noise(model, diffusion, rotations[t], translations[t], t) for t in range(T)]
     n_rot = torch.stack([r for r, _ in noised])[None]
     n_trans = torch.stack([t for _, t in noised])[None]

@@ -129,3 +129,36 @@ def test_checkpoint_roundtrip_and_damage(tmp_path, cln025):
         load_model(tmp_path / "m")
     with pytest.raises(StarMDError, match="not found"):
         load_model(tmp_path / "missing")
+
+
+@pytest.mark.parametrize("align", [True, False])
+def test_training_loss_ignores_tumbling_only_with_history_alignment(cln025, align):
+    """With align_history the loss of a window is unchanged when each frame is moved rigidly on its own
+    (the model sees internal motion only); without it the tumbling is part of the target."""
+    from openmm_starmd.diffusion.sampler import FrameDiffusion
+    from openmm_starmd.train.objective import diffusion_loss
+
+    rot, trans, feats = cln025
+    T = trans.shape[0]
+    net = randomised(preset("tiny", align_history=align))
+    gen = torch.Generator().manual_seed(2)
+    q = random_rotations((T,), gen)
+    shift = torch.randn(T, 3, generator=gen)
+
+    def batch(r, t):
+        return {"rotations": r[None], "translations": t[None], "residue_type": feats.residue_type[None],
+                "residue_index": feats.residue_index[None], "residue_mask": feats.residue_mask[None],
+                "chain_break": feats.chain_break[None], "dt_ps": torch.tensor([100.0])}
+
+    moved = batch(q[:, None] @ rot, torch.einsum("tij,tnj->tni", q, trans) + shift[:, None])
+    diffusion = FrameDiffusion(net.config)
+    with torch.no_grad():
+        a, _ = diffusion_loss(net, diffusion, batch(rot, trans), torch.Generator().manual_seed(0))
+        b, _ = diffusion_loss(net, diffusion, moved, torch.Generator().manual_seed(0))
+    assert (abs(float(a - b)) < 1e-4 * float(a)) if align else (abs(float(a - b)) > 0.1 * float(a))
+
+
+def test_checkpoints_from_before_history_alignment_load_unaligned():
+    old = {k: v for k, v in preset("small").to_dict().items() if k != "align_history"}
+    assert ModelConfig.from_dict(old).align_history is False
+    assert ModelConfig.from_dict(preset("small").to_dict()).align_history is True

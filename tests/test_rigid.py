@@ -151,3 +151,43 @@ def test_log_gradient_at_identity_and_near_pi():
         v = v0.clone().requires_grad_(True)
         jac = torch.autograd.functional.jacobian(lambda x: rigid.so3_log(rigid.so3_exp(x)), v)
         assert torch.allclose(jac, torch.eye(3, dtype=torch.float64), atol=1e-6)
+
+
+def test_superpose_recovers_rigid_motion_ignores_masked_points_and_never_reflects():
+    g = _gen(5)
+    mobile = torch.randn(2, 12, 3, generator=g)
+    q = rigid.random_rotations((2,), g)
+    shift = torch.randn(2, 3, generator=g)
+    target = rigid.apply(q[:, None], shift[:, None], mobile)
+    target[:, -2:] += 5.0  # outliers, masked out below
+    mask = torch.ones(2, 12, dtype=torch.bool)
+    mask[:, -2:] = False
+    rot, trans = rigid.superpose(mobile, target, mask)
+    assert torch.allclose(rot, q, atol=1e-5) and torch.allclose(trans, shift, atol=1e-5)
+    # a mirror image is matched by the best proper rotation, not by the reflection
+    rot, _ = rigid.superpose(mobile[0], -mobile[0])
+    assert abs(float(torch.det(rot)) - 1.0) < 1e-5
+    # too few points to fix a rotation: identity, centroids matched
+    rot, trans = rigid.superpose(mobile[0, :2], target[0, :2])
+    assert torch.allclose(rot, torch.eye(3)) and torch.allclose(trans, (target[0, :2] - mobile[0, :2]).mean(0))
+
+
+def test_superpose_chain_removes_only_the_rigid_motion_between_frames():
+    g = _gen(6)
+    T, N = 5, 8
+    base = torch.randn(N, 3, generator=g)
+    wiggle = 0.05 * torch.randn(T, N, 3, generator=g)  # internal motion
+    q = rigid.random_rotations((T,), g)  # tumbling
+    shift = torch.randn(T, 3, generator=g)
+    trans = rigid.apply(q[:, None], shift[:, None], base + wiggle)
+    rot = q[:, None].expand(T, N, 3, 3) @ rigid.random_rotations((N,), g)
+    a_rot, a_trans = rigid.superpose_chain(rot, trans)
+    assert torch.equal(a_trans[-1], trans[-1]) and torch.equal(a_rot[-1], rot[-1])
+    for t in range(T - 1):
+        # consecutive frames now differ by (nearly) the internal motion alone ...
+        step = (a_trans[t] - a_trans[t + 1]).norm(dim=-1).mean()
+        assert float(step) < 0.15 < float((trans[t] - trans[t + 1]).norm(dim=-1).mean())
+        # ... and each frame moved rigidly: distances and frame-relative geometry are unchanged
+        assert torch.allclose(torch.cdist(a_trans[t], a_trans[t]), torch.cdist(trans[t], trans[t]), atol=1e-4)
+        rel = rigid.apply_inverse(a_rot[t, :1], a_trans[t, :1], a_trans[t])
+        assert torch.allclose(rel, rigid.apply_inverse(rot[t, :1], trans[t, :1], trans[t]), atol=1e-4)

@@ -75,6 +75,22 @@ def test_generated_frames_are_se3_equivariant(cln025):
     assert float((a[1] - trans[4]).norm(dim=-1).mean()) > 1e-2
 
 
+def test_history_tumbling_is_ignored_and_the_draw_follows_the_last_frame(cln025):
+    """align_history: rigidly moving each history frame on its own changes nothing but the pose of the draw,
+    which follows the last frame; without alignment the tumbling reaches the model."""
+    rot, trans, feats = cln025
+    gen = torch.Generator().manual_seed(8)
+    q = random_rotations((5,), gen)
+    shift = torch.randn(5, 3, generator=gen)
+    moved_rot, moved_trans = q[:, None] @ rot[:5], torch.einsum("tij,tnj->tni", q, trans[:5]) + shift[:, None]
+    for align in (True, False):
+        net = randomised(align_history=align)
+        a = _pushed(net, feats, rot[:5], trans[:5]).sample(100.0, torch.Generator().manual_seed(4))
+        b = _pushed(net, feats, moved_rot, moved_trans).sample(100.0, torch.Generator().manual_seed(4))
+        error = float((a[1] @ q[4].T + shift[4] - b[1]).abs().max())
+        assert (error < 1e-5) if align else (error > 1e-3)
+
+
 def test_state_dict_resume_continues_exactly(cln025):
     rot, trans, feats = cln025
     net = randomised()

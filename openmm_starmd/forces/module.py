@@ -17,6 +17,7 @@ from torch import nn
 from openmm_starmd.atomic import atomic_write
 from openmm_starmd.errors import StarMDError
 from openmm_starmd.forces.mapping import frame_score_forces
+from openmm_starmd.frames.rigid import superpose_chain
 from openmm_starmd.units import kt_kj_per_mol, to_kelvin, to_ps
 
 __all__ = ["StarMDForce"]
@@ -103,6 +104,8 @@ class StarMDForce(nn.Module):
         index, _ = backbone_atom_indices(topology)
         rot, trans, _ = frames_from_positions(context_positions, topology)
         rot, trans = rot[:, start:stop], trans[:, start:stop]
+        if cfg.align_history:  # as in training; the last context frame (the reference) stays put
+            rot, trans = superpose_chain(rot, trans, feats.residue_mask)
         T, N = trans.shape[:2]
         self.num_atoms = int(topology.getNumAtoms() if hasattr(topology, "getNumAtoms") else topology.n_atoms)
         self.residues = Residues(feats.residue_type[None], feats.residue_index[None], feats.residue_mask[None],

@@ -17,6 +17,8 @@ from openmm_starmd.frames.rigid import (
     random_rotations,
     so3_exp,
     so3_log,
+    superpose,
+    superpose_chain,
     vee,
 )
 
@@ -36,5 +38,7 @@ __all__ = [
     "random_rotations",
     "so3_exp",
     "so3_log",
+    "superpose",
+    "superpose_chain",
     "vee",
 ]

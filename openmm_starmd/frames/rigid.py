@@ -33,6 +33,8 @@ __all__ = [
     "random_rotations",
     "so3_exp",
     "so3_log",
+    "superpose",
+    "superpose_chain",
     "vee",
 ]
 
@@ -281,3 +283,72 @@ def interpolate(rot_a: torch.Tensor, rot_b: torch.Tensor, s: float | torch.Tenso
     s_t = torch.as_tensor(s, dtype=rel.dtype, device=rel.device)
     return rot_a @ so3_exp(s_t[..., None] * rel)
 
+
+
+def superpose(
+    mobile: torch.Tensor, target: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The rigid transform that best maps ``mobile`` onto ``target`` (Kabsch, least squares, no reflection).
+
+    Parameters
+    ----------
+    mobile, target
+        Points ``[..., N, 3]`` nm.
+    mask
+        ``[..., N]`` bool, points that count (default all). With fewer than three, only the centroid is
+        matched (the rotation is then undetermined and left as the identity).
+
+    Returns
+    -------
+    rot, trans
+        ``[..., 3, 3]`` and ``[..., 3]`` nm with ``target ≈ rot @ mobile + trans``.
+    """
+    if mask is None:
+        mask = torch.ones(mobile.shape[:-1], dtype=torch.bool, device=mobile.device)
+    w = mask.to(mobile.dtype)[..., None]
+    count = w.sum(-2).clamp_min(1.0)
+    c_mob = (mobile * w).sum(-2) / count
+    c_tgt = (target * w).sum(-2) / count
+    # Covariance in float64: the SVD of a 3x3 matrix is cheap and float32 loses digits for near-degenerate
+    # (almost collinear) point sets.
+    cov = torch.einsum("...ni,...nj->...ij", ((target - c_tgt[..., None, :]) * w).double(),
+                       (mobile - c_mob[..., None, :]).double())
+    u, _, vt = torch.linalg.svd(cov)
+    d = torch.sign(torch.det(u @ vt))
+    d = torch.where(d == 0, torch.ones_like(d), d)
+    fix = torch.diag_embed(torch.stack([torch.ones_like(d), torch.ones_like(d), d], -1))
+    rot = (u @ fix @ vt).to(mobile.dtype)
+    enough = (mask.sum(-1) >= 3)[..., None, None]
+    rot = torch.where(enough, rot, torch.eye(3, dtype=rot.dtype, device=rot.device).expand_as(rot))
+    trans = c_tgt - torch.einsum("...ij,...j->...i", rot, c_mob)
+    return rot, trans
+
+
+def superpose_chain(
+    rot: torch.Tensor, trans: torch.Tensor, mask: torch.Tensor | None = None
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Remove the overall rigid motion between consecutive frames of a trajectory of residue frames.
+
+    Frame T−1 stays put; every earlier frame t is moved rigidly so that its frame origins (CA atoms) are
+    superposed on those of the already moved frame t+1. The motion *within* the protein between any two
+    consecutive frames is unchanged; their relative tumbling and drift are gone.
+
+    Parameters
+    ----------
+    rot, trans
+        Residue frames ``[..., T, N, 3, 3]`` and ``[..., T, N, 3]`` nm.
+    mask
+        ``[..., N]`` bool, residues used for the fit (default all).
+
+    Returns
+    -------
+    rot, trans
+        The moved frames, same shapes.
+    """
+    T = trans.shape[-3]
+    rots, transs = [rot[..., T - 1, :, :, :]], [trans[..., T - 1, :, :]]
+    for t in range(T - 2, -1, -1):
+        g_rot, g_trans = superpose(trans[..., t, :, :], transs[-1], mask)
+        rots.append(g_rot[..., None, :, :] @ rot[..., t, :, :, :])
+        transs.append(apply(g_rot[..., None, :, :], g_trans[..., None, :], trans[..., t, :, :]))
+    return torch.stack(rots[::-1], -4), torch.stack(transs[::-1], -3)

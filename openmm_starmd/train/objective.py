@@ -11,6 +11,7 @@ import torch
 
 from openmm_starmd.diffusion.sampler import FrameDiffusion
 from openmm_starmd.frames.protein import backbone_from_frames
+from openmm_starmd.frames.rigid import superpose_chain
 from openmm_starmd.model.network import StarMDNetwork, log_dt_tensor
 from openmm_starmd.model.tokens import Residues, absolute, clean_inputs, noisy_inputs, perturb_frames, relative
 
@@ -46,6 +47,9 @@ def diffusion_loss(
     B, K, N = trans.shape[:3]
     dev = trans.device
     res = residues_from_batch(batch)
+    if cfg.align_history:
+        with torch.no_grad():
+            rot, trans = superpose_chain(rot, trans, res.residue_mask)
     # history (context) noise, per frame
     clean_draw = torch.rand(B, K, generator=generator, device=dev) < cfg.ctx_clean_prob
     tau_ctx = torch.rand(B, K, generator=generator, device=dev) * cfg.ctx_tau_max * (~clean_draw)
