@@ -10,6 +10,9 @@ cycle and the wall time that 1 µs would take at that rate.
 
     python benchmarks/bench_long_horizon.py /work/shared/data/md/CLN025 --time 1us --max-wall 1800 \
         --out /tmp/long_cln025
+
+``--from-run DIR`` analyses a finished ``starmd simulate`` run instead (its traj.xtc, topology.pdb, log.csv
+and run.json), e.g. the README's ``starmd simulate tests/data/cln025.pdb --time 1us --jump 1ns -o DIR``.
 """
 
 from __future__ import annotations
@@ -75,6 +78,24 @@ def slope_per_window(rows: list[dict], key: str) -> float | None:
     return float(np.polyfit(x, y, 1)[0])
 
 
+def record_from_run(run_dir: Path) -> dict:
+    """The rollout record of a ``starmd simulate`` folder (run.json + log.csv), in hybrid_rollout's keys.
+
+    Its wall time is the sum of the per-jump wall times in log.csv, so resumed sessions add up; the CLI
+    stops at a cycle whose every proposal fails, so it has no failed-and-retried cycles.
+    """
+    run = json.loads((run_dir / "run.json").read_text())
+    with open(run_dir / "log.csv", encoding="utf-8") as handle:
+        wall = sum(float(r["wall_s"]) for r in csv.DictReader(handle))
+    settings = run["settings"]
+    return {"model": settings["model"], "jump_ps": settings["jump_ps"], "time_ps": settings["time_ps"],
+            "jumps_done": run["jumps_done"],
+            "failed_cycles": 0, "status": run["status"], "wall_s": wall, "rejections": run.get("rejections", {}),
+            "halvings": run.get("halvings", 0), "speed": run.get("speed", {"model_share": float("nan"),
+                                                                           "openmm_share": float("nan")}),
+            "relax": settings["relax"], "guards": settings["guards"]}
+
+
 def _clean(value: object) -> object:
     """JSON-safe copy: NaN and inf become None."""
     if isinstance(value, dict):
@@ -122,17 +143,26 @@ def main() -> None:
     parser.add_argument("--model", default="default", help="STAR-MD model folder, default, or a proposer name")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--max-wall", type=float, help="stop the rollout after this many seconds (partial result)")
-    parser.add_argument("--out", required=True, help="run folder (replaced unless --reuse)")
+    parser.add_argument("--out", help="run folder (replaced unless --reuse)")
+    parser.add_argument("--from-run", help="analyse this finished `starmd simulate` output folder instead")
     parser.add_argument("--reuse", action="store_true", help="only re-analyse the finished run in --out")
     parser.add_argument("--json", default="benchmarks/results/long_horizon.json")
     parser.add_argument("--md", default="benchmarks/results/long_horizon.md")
     args = parser.parse_args()
+    if not args.out and not args.from_run:
+        parser.error("give --out (run the rollout here) or --from-run (analyse a starmd simulate folder)")
 
-    system_dir, out = Path(args.system), Path(args.out)
+    system_dir, out = Path(args.system), Path(args.out or args.from_run)
     time_ps, jump_ps = parse_time(args.time, "--time"), parse_time(args.jump, "--jump")
     per_window = round(parse_time(args.window, "--window") / jump_ps)
     name = system_dir.name
-    if args.reuse and (out / "rollout.json").exists():
+    if args.from_run:
+        out = Path(args.from_run)
+        record = record_from_run(out)
+        jump_ps = record["jump_ps"]
+        time_ps = record["time_ps"]
+        per_window = round(parse_time(args.window, "--window") / jump_ps)
+    elif args.reuse and (out / "rollout.json").exists():
         record = json.loads((out / "rollout.json").read_text())
         jump_ps = record["jump_ps"]
         per_window = round(parse_time(args.window, "--window") / jump_ps)
@@ -167,7 +197,8 @@ def main() -> None:
                "rejection_reasons": record["rejections"], "halvings": record["halvings"],
                "model_share": record["speed"]["model_share"], "openmm_share": record["speed"]["openmm_share"],
                "status": record["status"]}
-    result = {"system": name, "model": args.model, "jump_ps": jump_ps, "window_ps": per_window * jump_ps,
+    result = {"system": name, "model": record.get("model", args.model), "jump_ps": jump_ps,
+              "window_ps": per_window * jump_ps,
               "machine": f"{os.cpu_count()}-core CPU, load {os.getloadavg()[0]:.1f}",
               "relax": record["relax"], "guards": record["guards"], "summary": summary, "windows": rows,
               "md_vs_md_floor": floor,

@@ -91,13 +91,16 @@ def test_default_model_proposes_finite_rigid_frames_for_chignolin(offline):
     assert torch.allclose(torch.linalg.det(new_rot), torch.ones(10), atol=1e-3)
     # A 1 ns jump moves the chain but keeps it near the start (nm), not at an arbitrary origin.
     shift = (new_trans - trans).norm(dim=-1)
-    assert 0.0 < shift.mean() < 1.5
+    assert 0.0 < shift.mean() < 0.3
+    # The chain stays intact (folded chignolin moves ~0.05 nm CA RMSD per ns; a model that also had to
+    # reproduce the tumbling of its training MD tore bonded CA-CA pairs to 0.6-0.7 nm here).
+    ca_ca = (new_trans[1:] - new_trans[:-1]).norm(dim=-1)
+    assert float((ca_ca - 0.38).abs().max()) < 0.1
 
 
-def test_default_model_makes_a_finite_valid_jump(offline):
-    # A tetrapeptide: the shipped CPU-trained model's chignolin proposals mostly fail the guards (see the
-    # model card), so the end-to-end jump is checked on the system type it handles.
-    pdb = app.PDBFile(str(DATA / "amrv.pdb"))
+@pytest.mark.parametrize("name", ["cln025", "amrv"])
+def test_default_model_makes_a_finite_valid_jump(offline, name):
+    pdb = app.PDBFile(str(DATA / f"{name}.pdb"))
     system, topology, positions = build_system(pdb.topology, pdb.positions, "implicit-fast")
     start = np.asarray(positions.value_in_unit(u.nanometer))
     sim = StarMDSimulation(topology, system, DEFAULT_MODEL, jump=100.0 * u.picosecond, platform="CPU", seed=0)
