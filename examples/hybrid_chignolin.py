@@ -1,10 +1,11 @@
 """Hybrid STAR-MD + OpenMM simulation of chignolin, written the way any OpenMM script is.
 
-    python examples/hybrid_chignolin.py [MODEL_DIR]
+    python examples/hybrid_chignolin.py [MODEL]
 
-MODEL_DIR is a trained STAR-MD model folder (``starmd train``); without it the ``perturb`` baseline
-proposer (random small moves, no learned dynamics) shows the machinery. Each step is one 1 ns jump
-followed by a short OpenMM relaxation; the standard reporters record simulated time.
+MODEL is ``default`` (the model shipped with the package, used when none is given), a STAR-MD model
+folder from ``starmd train``, or ``perturb`` (random small moves, no learned dynamics: the machinery
+alone). Each step is one 1 ns jump followed by a short OpenMM relaxation; the standard reporters record
+simulated time.
 """
 
 import sys
@@ -15,7 +16,7 @@ import openmm.unit as unit
 
 from openmm_starmd.simulation import StarMDSimulation
 
-model = sys.argv[1] if len(sys.argv) > 1 else "perturb"
+model = sys.argv[1] if len(sys.argv) > 1 else "default"
 pdb = app.PDBFile(str(Path(__file__).resolve().parent.parent / "tests" / "data" / "cln025.pdb"))
 
 # An ordinary implicit-solvent OpenMM system (the force field of the training MD; heavy hydrogens
