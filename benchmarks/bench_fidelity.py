@@ -54,7 +54,8 @@ def reference_length_ps(folder: Path) -> tuple[float, int]:
 
 
 def hybrid_rollout(pdb: Path, out: Path, time_ps: float, jump_ps: float, model: str, seed: int,
-                   max_wall_s: float | None = None, max_failures: int = 20, prior_weight: float = 0.0) -> dict:
+                   max_wall_s: float | None = None, max_failures: int = 20, prior_weight: float = 0.0,
+                   relax_ps: float | None = None) -> dict:
     """A hybrid run at default settings (implicit-fast, default relaxation and guards) into ``out``.
 
     Unlike ``starmd simulate``, a cycle whose every proposal fails the guards (JumpRejectedError) does not
@@ -63,7 +64,7 @@ def hybrid_rollout(pdb: Path, out: Path, time_ps: float, jump_ps: float, model: 
     that happens instead of stopping at the first one. Stops after ``max_failures`` failures in a row or
     when ``max_wall_s`` is spent. Writes topology.pdb, traj.xtc (frames at k x jump), log.csv, rollout.json.
     ``prior_weight`` > 0 adds the model's learned force (StarMDForce, conditioned on the start structure)
-    with that λ to every relaxation's MD segment.
+    with that λ to every relaxation's MD segment; ``relax_ps`` sets its length (default RelaxSettings').
     """
     out.mkdir(parents=True, exist_ok=True)
     for name in ("traj.xtc", "log.csv", "rollout.json"):
@@ -71,7 +72,8 @@ def hybrid_rollout(pdb: Path, out: Path, time_ps: float, jump_ps: float, model: 
     prep.write_pdb(prep.prepare(pdb), out / "topology.pdb", overwrite=True)
     start = prep.load_pdb(out / "topology.pdb")
     system, topology, positions = build_system(start.topology, start.positions, "implicit-fast")
-    relax = RelaxSettings(starmd_force_weight=prior_weight)
+    relax = RelaxSettings(starmd_force_weight=prior_weight,
+                          time_ps=RelaxSettings().time_ps if relax_ps is None else relax_ps)
     sim = StarMDSimulation(topology, system, model, jump=jump_ps * u.picosecond, seed=seed, relax=relax,
                            prior_positions=positions if prior_weight else None)
     sim.context.setPositions(positions)
@@ -109,7 +111,7 @@ def hybrid_rollout(pdb: Path, out: Path, time_ps: float, jump_ps: float, model: 
 
 
 def run_system(folder: Path, out: Path, jump_ps: float, model: str, seed: int, lag: str,
-               max_wall_s: float | None = None, prior_weight: float = 0.0) -> dict:
+               max_wall_s: float | None = None, prior_weight: float = 0.0, relax_ps: float | None = None) -> dict:
     """Roll out (unless done), validate, and return the row for one system."""
     name = folder.name
     time_ps, ref_frames = reference_length_ps(folder)
@@ -117,9 +119,10 @@ def run_system(folder: Path, out: Path, jump_ps: float, model: str, seed: int, l
     record_path = run_dir / "rollout.json"
     old = json.loads(record_path.read_text()) if record_path.exists() else {}
     done = (old.get("jumps_total") == round(time_ps / jump_ps) and old.get("model") == model
-            and old.get("prior_weight", 0.0) == prior_weight)
+            and old.get("prior_weight", 0.0) == prior_weight
+            and (relax_ps is None or old.get("relax", {}).get("time_ps") == relax_ps))
     record = old if done else hybrid_rollout(folder / f"{name}.pdb", run_dir, time_ps, jump_ps, model, seed,
-                                             max_wall_s=max_wall_s, prior_weight=prior_weight)
+                                             max_wall_s=max_wall_s, prior_weight=prior_weight, relax_ps=relax_ps)
     row = {"system": name, "reference_ns": time_ps / 1000.0, "reference_frames": ref_frames,
            "rollout_frames": record["jumps_done"], "jump_ps": jump_ps, "rollout_wall_s": record["wall_s"],
            "seconds_per_cycle": record["seconds_per_cycle"], "failed_cycles": record["failed_cycles"],
@@ -176,7 +179,8 @@ def markdown(rows: list[dict], result: dict) -> str:
     head = ("| System | Res. | Frames (rollout / ref.) | s/cycle | Rejected proposals | Failed cycles | RMSF r "
             "| PC JSD | φ/ψ JSD | TIC JSD | Invalid frames |")
     lines = ["# Fidelity: hybrid rollout vs reference MD", "",
-             f"Model `{result['model']}`, {result['jump_ps']:g} ps jumps, learned-force λ {result['prior_weight']:g}, "
+             f"Model `{result['model']}`, {result['jump_ps']:g} ps jumps, relaxation "
+             f"{result.get('relax_ps') or RelaxSettings().time_ps:g} ps, learned-force λ {result['prior_weight']:g}, "
              f"seed {result['seed']}, {result['machine']}. "
              "Each cell: rollout value (MD-vs-MD floor). JSD in bits; RMSF r higher is better, the rest lower.", "",
              head, "|---" * 11 + "|"]
@@ -217,6 +221,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prior-weight", type=float, default=0.0,
                         help="λ of the learned force (StarMDForce) in every relaxation's MD (default 0: off)")
+    parser.add_argument("--relax", help="MD per relaxation, e.g. 2ps (default: RelaxSettings' 1 ps)")
     parser.add_argument("--max-wall", type=float, help="stop each rollout after this many seconds (partial)")
     parser.add_argument("--out", required=True, help="work folder (rollouts and validation reports; reused)")
     parser.add_argument("--json", default="benchmarks/results/fidelity.json")
@@ -227,17 +232,18 @@ def main() -> None:
     if args.systems:
         folders = [f for f in folders if f.name in set(args.systems)]
     jump_ps = parse_time(args.jump, "--jump")
+    relax_ps = None if args.relax is None else parse_time(args.relax, "--relax")
     rows = []
     for folder in folders:
         row = run_system(folder, Path(args.out), jump_ps, args.model, args.seed, args.lag, args.max_wall,
-                         args.prior_weight)
+                         args.prior_weight, relax_ps)
         rows.append(row)
         m = row["metrics"]
         print(f"{row['system']:<8} {row['rollout_frames']:>4} frames {row['seconds_per_cycle']:.3f} s/cycle "
               f"{row['failed_cycles']} failed cycles  "
               + "  ".join(f"{k} {_fmt(m.get(k))} ({_fmt(row['floor'].get(k))})" for k in METRICS), flush=True)
     result = {"model": args.model, "jump_ps": jump_ps, "seed": args.seed, "lag": args.lag,
-              "prior_weight": args.prior_weight,
+              "prior_weight": args.prior_weight, "relax_ps": relax_ps,
               "machine": f"{os.cpu_count()}-core CPU, load {os.getloadavg()[0]:.1f}", "systems": rows}
     result["goals"] = goals(rows)
     text = markdown(rows, result)
