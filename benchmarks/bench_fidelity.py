@@ -237,11 +237,12 @@ def markdown(rows: list[dict], result: dict) -> str:
     return "\n".join(lines)
 
 
-def _clean(value: object) -> object:
+def json_safe(value: object) -> object:
+    """JSON-safe copy of nested dicts/lists: NaN and inf become None (JSON has no NaN)."""
     if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
+        return {k: json_safe(v) for k, v in value.items()}
     if isinstance(value, list):
-        return [_clean(v) for v in value]
+        return [json_safe(v) for v in value]
     if isinstance(value, float) and not math.isfinite(value):
         return None
     return value
@@ -285,7 +286,7 @@ def main() -> None:
     text = markdown(rows, result)
     print(text)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.json, _clean(result))
+    atomic_write_json(args.json, json_safe(result))
     with atomic_write(args.md) as handle:
         handle.write(text)
 

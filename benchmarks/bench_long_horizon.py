@@ -35,7 +35,7 @@ from openmm_starmd.atomic import atomic_write, atomic_write_json
 from openmm_starmd.units import parse_time
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_fidelity import hybrid_rollout  # sibling benchmark script, not a package
+from bench_fidelity import hybrid_rollout, json_safe  # sibling benchmark script, not a package
 
 COLUMNS = ("valid_fraction", "rejected_share", "rmsf_pearson_r", "pc_jsd", "torsion_jsd", "rmsd_to_start_nm")
 
@@ -94,17 +94,6 @@ def record_from_run(run_dir: Path) -> dict:
             "halvings": run.get("halvings", 0), "speed": run.get("speed", {"model_share": float("nan"),
                                                                            "openmm_share": float("nan")}),
             "relax": settings["relax"], "guards": settings["guards"]}
-
-
-def _clean(value: object) -> object:
-    """JSON-safe copy: NaN and inf become None."""
-    if isinstance(value, dict):
-        return {k: _clean(v) for k, v in value.items()}
-    if isinstance(value, list):
-        return [_clean(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
 
 
 def markdown(result: dict) -> str:
@@ -206,7 +195,7 @@ def main() -> None:
     text = markdown(result)
     print(text)
     Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(args.json, _clean(result))
+    atomic_write_json(args.json, json_safe(result))
     with atomic_write(args.md) as handle:
         handle.write(text)
 

@@ -16,7 +16,7 @@ import torch
 
 from openmm_starmd.diffusion.sampler import FrameDiffusion, sample_relative
 from openmm_starmd.errors import StarMDError
-from openmm_starmd.frames.rigid import apply, invert, superpose, superpose_chain
+from openmm_starmd.frames.rigid import apply, identity_rotations, invert, superpose, superpose_chain
 from openmm_starmd.model.network import KVCache, StarMDNetwork, log_dt_tensor
 from openmm_starmd.model.tokens import Residues, absolute, clean_inputs, noisy_inputs, perturb_frames
 
@@ -36,6 +36,12 @@ def _residues(
     if any(x.shape != (N,) for x in t):
         raise StarMDError("residue_type, residue_index, residue_mask and chain_break must all be [N]")
     return Residues(t[0].long()[None], t[1].long()[None], t[2].bool()[None], t[3].bool()[None])
+
+
+def _no_alignment(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """The identity rigid transform (``[3, 3]``, ``[3]`` nm): before a second frame is pushed, world
+    coordinates are the caller's."""
+    return identity_rotations((), device=device), torch.zeros(3, device=device)
 
 
 def context_noise(
@@ -86,7 +92,7 @@ class Rollout:
         self.count = 0  # frames pushed so far
         self._last: tuple[torch.Tensor, ...] | None = None  # clean and context-noised last frame (world)
         # rigid transform from the caller's coordinates of the last pushed frame to world coordinates
-        self._align = (torch.eye(3, device=self.device), torch.zeros(3, device=self.device))
+        self._align = _no_alignment(self.device)
 
     @property
     def num_residues(self) -> int:
@@ -172,7 +178,7 @@ class Rollout:
         self.window = int(state["window"])
         self.cache = KVCache()
         self._last = None
-        self._align = (torch.eye(3, device=self.device), torch.zeros(3, device=self.device))
+        self._align = _no_alignment(self.device)
         if "last_rot" in state:
             if state["last_rot"].shape[0] != self.num_residues:
                 raise StarMDError("rollout state is for a different number of residues: use the matching model/system")
