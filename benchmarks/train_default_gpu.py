@@ -1,15 +1,16 @@
 """Train the default model (``small`` preset) on one GPU within a wall-clock budget.
 
-The package's :class:`~openmm_starmd.train.trainer.Trainer` as ``starmd train`` uses it, with two
-differences that a GPU needs: batches are built by DataLoader worker processes (building windows on
-the CPU would otherwise take longer than the GPU step), and the number of optimiser steps is chosen
-from a short timing probe so that the cosine learning-rate schedule ends inside ``--budget`` seconds.
+``starmd train`` with ``--workers`` (batches built ahead by DataLoader processes, since building windows
+on the CPU would otherwise take as long as the GPU step) and one addition: the number of optimiser steps
+is chosen from a short timing probe so that the cosine learning-rate schedule ends inside ``--budget``
+seconds.
 The chosen step count, the timing and the device are written to ``OUTPUT/train/gpu_run.json``.
 
     python benchmarks/train_default_gpu.py /work/shared/data/md -o /tmp/models/default_gpu
 
 made the shipped weights on one NVIDIA H200 (the probe chose 4070 steps; ``--steps 4070`` repeats that
-schedule without the probe). See the model card.
+schedule without the probe). That run used this script as of commit 8be98ea, whose own worker sampler
+drew a different (equally random) stream of windows than ``--workers`` does now. See the model card.
 """
 
 from __future__ import annotations
@@ -18,11 +19,9 @@ import argparse
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import torch
-from torch.utils.data import DataLoader, Sampler
 
 from openmm_starmd.atomic import atomic_write_json
 from openmm_starmd.data.dataset import TrajectoryWindows, collate_windows
@@ -30,52 +29,12 @@ from openmm_starmd.model.config import preset
 from openmm_starmd.train.run import split_in_time, system_folders
 from openmm_starmd.train.trainer import Trainer, TrainOptions
 
-# With this many items per epoch every drawn index is a different window (stride, start, rotation):
-# DataLoader workers cannot follow set_epoch, so the epoch never changes and the index alone must vary.
-_ITEMS = 10**9
-
-
-class _RandomBatches(Sampler):
-    """Endless batches of random item indices from a seeded generator."""
-
-    def __init__(self, n_items: int, batch_size: int, seed: int) -> None:
-        self.n_items, self.batch_size, self.seed = n_items, batch_size, seed
-
-    def __iter__(self) -> Iterator[list[int]]:
-        g = torch.Generator().manual_seed(self.seed)
-        while True:
-            yield torch.randint(self.n_items, (self.batch_size,), generator=g).tolist()
-
-
-class LoaderBatches:
-    """Drop-in for the trainer's batch sampler (``next``, ``generator``, ``drawn``) fed by workers."""
-
-    def __init__(self, dataset: TrajectoryWindows, batch_size: int, seed: int, workers: int) -> None:
-        self.generator = torch.Generator().manual_seed(seed)  # saved by Trainer.save; batches use `seed`
-        self.drawn = 0
-        self.batch_size = batch_size
-        loader = DataLoader(dataset, batch_sampler=_RandomBatches(len(dataset), batch_size, seed),
-                            collate_fn=collate_windows, num_workers=workers, persistent_workers=workers > 0,
-                            prefetch_factor=8 if workers > 0 else None, pin_memory=torch.cuda.is_available())
-        self._batches = iter(loader)
-
-    def next(self) -> dict:
-        self.drawn += self.batch_size
-        return next(self._batches)
-
-
-def make_trainer(config, train_data, val_data, out: Path, options: TrainOptions, workers: int,
-                 device: str | None) -> Trainer:
-    trainer = Trainer(config, train_data, val_data, out, options, collate_windows, overwrite=True, device=device)
-    trainer.sampler = LoaderBatches(train_data, options.batch_size, options.seed * 7919 + 1, workers)
-    return trainer
-
 
 def time_steps(config, train_data: TrajectoryWindows, out: Path, args: argparse.Namespace) -> float:
     """Seconds per optimiser step of a throwaway trainer: 20 warm-up steps, then 40 timed ones."""
     options = TrainOptions(steps=10**6, batch_size=args.batch_size, lr=args.lr, seed=args.seed, progress=False,
-                           val_every=10**9, checkpoint_every=10**9)
-    probe = make_trainer(config, train_data, None, out, options, args.workers, args.device)
+                           val_every=10**9, checkpoint_every=10**9, workers=args.workers)
+    probe = Trainer(config, train_data, None, out, options, collate_windows, overwrite=True, device=args.device)
     for _ in range(20):
         probe.train_step()
     if probe.device.type == "cuda":
@@ -106,7 +65,7 @@ def main() -> None:
     out = Path(args.output)
     with tempfile.TemporaryDirectory(prefix="starmd_gpu_") as tmp:
         folders, val_folders = split_in_time(system_folders(args.data), args.val_fraction, Path(tmp) / "split")
-        train_data = TrajectoryWindows(folders, window=config.window, seed=args.seed, items_per_epoch=_ITEMS)
+        train_data = TrajectoryWindows(folders, window=config.window, seed=args.seed)
         val_data = TrajectoryWindows(val_folders, window=config.window, seed=args.seed + 1)
 
         step_s = None
@@ -119,10 +78,10 @@ def main() -> None:
             steps = args.steps
         options = TrainOptions(steps=steps, batch_size=args.batch_size, lr=args.lr, warmup_steps=200,
                                val_every=max(1, steps // 10), val_batches=8, checkpoint_every=max(1, steps // 10),
-                               seed=args.seed, progress=False)
+                               seed=args.seed, progress=False, workers=args.workers)
         if out.exists():
             shutil.rmtree(out)
-        trainer = make_trainer(config, train_data, val_data, out, options, args.workers, args.device)
+        trainer = Trainer(config, train_data, val_data, out, options, collate_windows, device=args.device)
         summary = trainer.fit()
     device_name = torch.cuda.get_device_name() if trainer.device.type == "cuda" else "cpu"
     record = {"device": device_name, "torch": torch.__version__, "batch_size": args.batch_size, "lr": args.lr,

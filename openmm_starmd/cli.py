@@ -113,6 +113,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--device", help="cpu or cuda (default: cuda when available)")
     p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
+    p.add_argument("--workers", type=int, default=0,
+                   help="processes building batches ahead, e.g. 8 on a GPU (default 0; same batches either way)")
     p.add_argument("--resume", action="store_true", help="continue the run saved in --output")
     p.add_argument("--overwrite", action="store_true", help="replace an existing model folder")
     p.set_defaults(func=_run_train)
@@ -131,7 +133,7 @@ def _run_train(args: argparse.Namespace) -> None:
         args.data, args.output, preset_name=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup, window=args.window, val_fraction=args.val_fraction, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, resume=args.resume,
-        overwrite=args.overwrite,
+        overwrite=args.overwrite, workers=args.workers,
     )
     if summary is not None:
         print(f"wrote {args.output}: {summary['step']} steps, train loss {summary['train_loss']:.4f}, "

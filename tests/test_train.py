@@ -15,6 +15,7 @@ from openmm_starmd.cli import main
 from openmm_starmd.data.dataset import TrajectoryWindows, collate_windows
 from openmm_starmd.model.checkpoint import load_model, load_tensors, save_tensors
 from openmm_starmd.model.config import preset
+from openmm_starmd.train.batches import BatchSampler
 from openmm_starmd.train.trainer import Trainer, TrainOptions
 
 DATA = Path(__file__).parent / "data"
@@ -62,6 +63,25 @@ def test_resume_continues_exactly(atlas, tmp_path):
     a, b = straight.net.state_dict(), resumed.net.state_dict()
     assert all(torch.equal(a[k], b[k]) for k in a)
     assert json.loads((tmp_path / "b" / "train" / "state.json").read_text())["step"] == 4
+
+
+def test_batches_same_with_workers_and_from_any_start(atlas):
+    # 3 items per epoch and batches of 2: the four batches cross two epoch boundaries
+    ds = TrajectoryWindows([atlas], window=4, seed=0, items_per_epoch=3)
+    inline = BatchSampler(ds, 2, seed=5, collate=collate_windows)
+    batches = [inline.next() for _ in range(4)]
+    workers = BatchSampler(ds, 2, seed=5, collate=collate_windows, workers=2)
+    for want in batches:
+        got = workers.next()
+        assert torch.equal(got["start_frame"], want["start_frame"])
+        assert torch.equal(got["translations"], want["translations"])
+    resumed = BatchSampler(ds, 2, seed=5, collate=collate_windows, start=2)
+    assert torch.equal(resumed.next()["translations"], batches[2]["translations"])
+    other = BatchSampler(ds, 2, seed=6, collate=collate_windows)
+    assert not all(torch.equal(other.next()["translations"], b["translations"]) for b in batches[:2])
+    # items of one index differ between epochs (the epoch travels with the index to the workers)
+    keys = inline.keys(0) + inline.keys(1)
+    assert {epoch for epoch, _ in keys} == {0, 1}
 
 
 def _ddp_worker(rank: int, world: int, init_file: str, atlas: str, out: str, result: str) -> None:

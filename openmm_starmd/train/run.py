@@ -60,10 +60,12 @@ def train_from_folders(
     batch_size: int = 4, lr: float = 3e-4, warmup_steps: int = 100, window: int | None = None,
     val_fraction: float = 0.1, val_every: int = 200, checkpoint_every: int = 500, seed: int = 0,
     device: str | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
+    workers: int = 0,
 ) -> dict[str, Any] | None:
     """Train a model on trajectories; returns the summary on rank 0 (None on other DDP ranks).
 
-    ``val_fraction`` of each replica (its last frames) is held out for the validation loss.
+    ``val_fraction`` of each replica (its last frames) is held out for the validation loss. ``workers``
+    DataLoader processes build batches ahead (the same batches as without them; useful on a GPU).
     """
     if steps < 1 or batch_size < 1:
         raise StarMDError("--steps and --batch-size must be at least 1")
@@ -73,7 +75,8 @@ def train_from_folders(
     config = preset(preset_name) if window is None else preset(preset_name, window=window)
     folders = system_folders(data)
     options = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(warmup_steps, steps),
-                           val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, progress=progress)
+                           val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, progress=progress,
+                           workers=workers)
     with tempfile.TemporaryDirectory(prefix="starmd_split_") as tmp:
         val_data = None
         if val_fraction > 0:

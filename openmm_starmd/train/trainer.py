@@ -31,6 +31,7 @@ from openmm_starmd.model.checkpoint import load_tensors, save_model, save_tensor
 from openmm_starmd.model.config import ModelConfig
 from openmm_starmd.model.network import StarMDNetwork, count_parameters
 from openmm_starmd.train import ddp
+from openmm_starmd.train.batches import BatchSampler
 from openmm_starmd.train.objective import diffusion_loss
 
 
@@ -51,6 +52,7 @@ class TrainOptions:
     checkpoint_every: int = 500
     seed: int = 0
     progress: bool = True
+    workers: int = 0  # DataLoader processes building training batches ahead (same batches as 0)
 
 
 class LossModule(nn.Module):
@@ -76,29 +78,6 @@ def learning_rate(step: int, options: TrainOptions) -> float:
 
 def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     return {k: v.to(device) if torch.is_tensor(v) else v for k, v in batch.items()}
-
-
-class BatchSampler:
-    """Random batches of windows from a map-style dataset with a private generator (per rank).
-
-    Datasets with ``set_epoch`` (items fixed within an epoch) move to a new epoch every ``len`` draws.
-    """
-
-    def __init__(self, dataset: Any, batch_size: int, seed: int, collate: Any) -> None:
-        if len(dataset) == 0:
-            raise StarMDError("the training data has no windows: give longer trajectories or a smaller window")
-        self.dataset, self.batch_size, self.collate = dataset, batch_size, collate
-        self.generator = torch.Generator().manual_seed(seed)
-        self.drawn = 0
-
-    def next(self) -> dict[str, torch.Tensor]:
-        items = []
-        for _ in range(self.batch_size):
-            if hasattr(self.dataset, "set_epoch"):
-                self.dataset.set_epoch(self.drawn // len(self.dataset))
-            items.append(self.dataset[int(torch.randint(len(self.dataset), (), generator=self.generator))])
-            self.drawn += 1
-        return self.collate(items)
 
 
 @torch.no_grad()
@@ -170,14 +149,13 @@ class Trainer:
         )
         if state is not None:
             self._load_state(state)
-        self.sampler = BatchSampler(train_data, options.batch_size, options.seed * 7919 + self.rank + 1000 * self.step,
-                                    collate)
+        # Batch b of a rank's stream depends only on (seed, rank, b): a resumed run continues at batch `step`.
+        self.sampler = BatchSampler(train_data, options.batch_size, options.seed * 7919 + self.rank, collate,
+                                    workers=options.workers, start=self.step, pin_memory=self.device.type == "cuda")
         self.noise = torch.Generator(device=self.device).manual_seed(options.seed * 104729 + self.rank + self.step)
         self.val_batches: list[dict[str, torch.Tensor]] = []
-        if state is not None and self.rank == 0:  # rank 0 continues its random streams exactly
-            self.sampler.generator.set_state(self._rng_state["rng.sampler"])
+        if state is not None and self.rank == 0:  # rank 0 continues its noise stream exactly
             self.noise.set_state(self._rng_state["rng.noise"].to(self.noise.get_state().device))
-            self.sampler.drawn = int(self._rng_state["rng.drawn"])
         if val_data is not None and len(val_data) > 0:
             vs = BatchSampler(val_data, options.batch_size, 4242, collate)
             self.val_batches = [vs.next() for _ in range(options.val_batches)]
@@ -208,9 +186,7 @@ class Trainer:
         save_model(self.out_dir, self.net, meta, state_dict=self.ema)
         (self.out_dir / "train").mkdir(exist_ok=True)
         live = dict(self.net.state_dict())
-        live["rng.sampler"] = self.sampler.generator.get_state()
         live["rng.noise"] = self.noise.get_state().cpu()
-        live["rng.drawn"] = torch.tensor(self.sampler.drawn)
         save_tensors(self.out_dir / "train" / "live.safetensors", live, {"step": str(self.step)})
         with atomic_write(self.out_dir / "train" / "optimizer.pt", "wb") as handle:
             torch.save(self.optimizer.state_dict(), handle)
