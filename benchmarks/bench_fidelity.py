@@ -1,12 +1,15 @@
 """Fidelity of hybrid rollouts against the reference MD of every system, next to the MD-vs-MD floor.
 
 For each reference folder NAME/ (NAME.pdb + NAME_R*.xtc, 10 ps frames) a hybrid rollout of the same
-simulated length as the first replica is run from NAME.pdb with ``--jump`` (default 100 ps: a 10 ns
-reference gives 100 rollout frames, chignolin's 18 ns gives 180), then ``starmd validate``'s
-:func:`validate` compares it with every replica (ensemble metrics on all frames; dynamics metrics with the
-reference strided to the jump interval). Finished rollouts in ``--out`` are reused, so a rerun only
-re-validates. Goals: chignolin CA RMSF Pearson r >= 0.8 and PC1/PC2 JSD <= 1.5x floor; tetrapeptides' mean
-φ/ψ JSD <= 1.5x their mean floor.
+simulated length as the first replica is run from NAME.pdb with ``--jump`` (default 10 ps, the reference's
+frame spacing, so the rollout has as many frames as the reference: 1000 for a 10 ns tetrapeptide, 1800
+for chignolin's 18 ns; JSDs estimated from fewer frames are biased upwards, and the MD-vs-MD floor is
+built from two halves of the reference), then ``starmd validate``'s :func:`validate` compares it with
+every replica (ensemble metrics on all frames; dynamics metrics with the reference strided to the jump
+interval, TICA lag one rollout frame unless ``--lag``). Finished rollouts in ``--out`` are reused (same
+jump count, model weights, prior and relaxation), so a rerun only re-validates. Goals: chignolin CA
+RMSF Pearson r >= 0.8 and PC1/PC2 JSD <= 1.5x floor; tetrapeptides' mean φ/ψ JSD <= 1.5x their mean
+floor. ``--jump 100ps`` gives the earlier, cheaper table (a tenth of the frames).
 
     python benchmarks/bench_fidelity.py /work/shared/data/md --systems CLN025 AMRV --out /tmp/fidelity
 
@@ -17,6 +20,7 @@ with and once without, into different ``--out`` folders and ``--json``/``--md`` 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import math
 import os
@@ -35,7 +39,9 @@ from openmm_starmd.analysis.report import validate
 from openmm_starmd.atomic import atomic_write, atomic_write_json
 from openmm_starmd.data.dataset import find_atlas_folders
 from openmm_starmd.forcefields import build_system
+from openmm_starmd.model.checkpoint import WEIGHTS_NAME
 from openmm_starmd.simulation import JumpLogReporter, JumpRejectedError, RelaxSettings, StarMDSimulation
+from openmm_starmd.simulation.proposer import DEFAULT_MODEL, default_model_path
 from openmm_starmd.units import parse_time
 
 METRICS = ("rmsf_pearson_r", "pc_jsd", "torsion_jsd", "tic_jsd", "invalid_rate")
@@ -52,6 +58,13 @@ def reference_length_ps(folder: Path) -> tuple[float, int]:
     with md.formats.XTCTrajectoryFile(str(xtc)) as handle:
         n_frames = len(handle)
     return n_frames * spacing, n_frames
+
+
+def model_sha256(model: str) -> str | None:
+    """sha256 of the model's weights (``default`` or a model folder); None for a proposer name."""
+    folder = default_model_path() if model == DEFAULT_MODEL else Path(model)
+    weights = folder / WEIGHTS_NAME
+    return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
 
 
 def hybrid_rollout(pdb: Path, out: Path, time_ps: float, jump_ps: float, model: str, seed: int,
@@ -101,7 +114,8 @@ def hybrid_rollout(pdb: Path, out: Path, time_ps: float, jump_ps: float, model: 
     wall = time.perf_counter() - wall
     log.close()
     speed = sim.speed()
-    record = {"pdb": str(pdb), "model": model, "seed": seed, "jump_ps": jump_ps, "jumps_total": total,
+    record = {"pdb": str(pdb), "model": model, "model_sha256": model_sha256(model), "seed": seed,
+              "jump_ps": jump_ps, "jumps_total": total,
               "jumps_done": sim.currentStep, "prior_weight": prior_weight, "failed_cycles": failed,
               "status": status, "wall_s": wall,
               "seconds_per_cycle": wall / max(1, sim.currentStep), "rejections": sim.rejections,
@@ -132,7 +146,9 @@ def run_system(folder: Path, out: Path, jump_ps: float, model: str, seed: int, l
     run_dir = out / name / "run"
     record_path = run_dir / "rollout.json"
     old = json.loads(record_path.read_text()) if record_path.exists() else {}
+    # records older than the weights' hash match on the model name alone
     done = (old.get("jumps_total") == round(time_ps / jump_ps) and old.get("model") == model
+            and old.get("model_sha256", model_sha256(model)) == model_sha256(model)
             and old.get("prior_weight", 0.0) == prior_weight
             and (relax_ps is None or old.get("relax", {}).get("time_ps") == relax_ps))
     record = old if done else hybrid_rollout(folder / f"{name}.pdb", run_dir, time_ps, jump_ps, model, seed,
@@ -206,7 +222,9 @@ def markdown(rows: list[dict], result: dict) -> str:
     head = ("| System | Res. | Frames (rollout / ref.) | s/cycle | Rejected proposals | Failed cycles | RMSF r "
             "| PC JSD | φ/ψ JSD | TIC JSD | Invalid frames |")
     lines = ["# Fidelity: hybrid rollout vs reference MD", "",
-             f"Model `{result['model']}`, {result['jump_ps']:g} ps jumps, relaxation "
+             f"Model `{result['model']}`"
+             + (f" (weights sha256 {result['model_sha256'][:12]}…)" if result.get("model_sha256") else "")
+             + f", {result['jump_ps']:g} ps jumps, relaxation "
              f"{result.get('relax_ps') or RelaxSettings().time_ps:g} ps, learned-force λ {result['prior_weight']:g}, "
              f"seed {result['seed']}, {result['machine']}. "
              "Each cell: rollout value (MD-vs-MD floor). JSD in bits; RMSF r higher is better, the rest lower.", "",
@@ -252,9 +270,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("data", help="folder of reference systems NAME/ (e.g. /work/shared/data/md)")
     parser.add_argument("--systems", nargs="+", help="subset of system names (default: all)")
-    parser.add_argument("--jump", default="100ps", help="time per jump (default 100ps)")
+    parser.add_argument("--jump", default="10ps", help="time per jump (default 10ps, the reference's frame spacing)")
     parser.add_argument("--model", default="default", help="STAR-MD model folder, default, or a proposer name")
-    parser.add_argument("--lag", default="100ps", help="TICA/VAMP lag (default 100ps = one rollout frame)")
+    parser.add_argument("--lag", help="TICA/VAMP lag (default: the jump, one rollout frame)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prior-weight", type=float, default=0.0,
                         help="λ of the learned force (StarMDForce) in every relaxation's MD (default 0: off)")
@@ -269,17 +287,19 @@ def main() -> None:
     if args.systems:
         folders = [f for f in folders if f.name in set(args.systems)]
     jump_ps = parse_time(args.jump, "--jump")
+    lag = args.lag or args.jump
     relax_ps = None if args.relax is None else parse_time(args.relax, "--relax")
     rows = []
     for folder in folders:
-        row = run_system(folder, Path(args.out), jump_ps, args.model, args.seed, args.lag, args.max_wall,
+        row = run_system(folder, Path(args.out), jump_ps, args.model, args.seed, lag, args.max_wall,
                          args.prior_weight, relax_ps)
         rows.append(row)
         m = row["metrics"]
         print(f"{row['system']:<8} {row['rollout_frames']:>4} frames {row['seconds_per_cycle']:.3f} s/cycle "
               f"{row['failed_cycles']} failed cycles  "
               + "  ".join(f"{k} {_fmt(m.get(k))} ({_fmt(row['floor'].get(k))})" for k in METRICS), flush=True)
-    result = {"model": args.model, "jump_ps": jump_ps, "seed": args.seed, "lag": args.lag,
+    result = {"model": args.model, "model_sha256": model_sha256(args.model), "jump_ps": jump_ps, "seed": args.seed,
+              "lag": lag,
               "prior_weight": args.prior_weight, "relax_ps": relax_ps,
               "machine": f"{os.cpu_count()}-core CPU, load {os.getloadavg()[0]:.1f}", "systems": rows}
     result["goals"] = goals(rows)
