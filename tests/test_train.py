@@ -129,8 +129,10 @@ def test_cli_train_resume_and_errors(atlas, tmp_path, capsys):
     assert state["step"] == 3 and any("val_loss" in h for h in state["history"])
     assert main(args) == 2  # existing folder, no --overwrite
     assert "already exists" in capsys.readouterr().err
-    assert main([*args[:7], "5", *args[8:], "--resume"]) == 0
+    assert main([*args[:7], "5", *args[8:], "--resume", "--workers", "1"]) == 0  # resumed with a loader process
     assert json.loads((out / "train" / "state.json").read_text())["step"] == 5
+    assert main([*args, "--overwrite", "--workers", "-1"]) == 2
+    assert "workers must be 0 or more" in capsys.readouterr().err
     assert main(["train", str(tmp_path / "nothing"), "-o", str(tmp_path / "x"), "--steps", "1"]) == 2
 
 

@@ -69,6 +69,8 @@ def train_from_folders(
     """
     if steps < 1 or batch_size < 1:
         raise StarMDError("--steps and --batch-size must be at least 1")
+    if workers < 0:
+        raise StarMDError(f"--workers must be 0 or more, got {workers}")
     if not 0.0 <= val_fraction < 0.5:
         raise StarMDError(f"--val-fraction must be in [0, 0.5), got {val_fraction}")
     ddp.init_from_env()
