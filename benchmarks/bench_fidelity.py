@@ -62,7 +62,8 @@ def reference_length_ps(folder: Path) -> tuple[float, int]:
 
 
 def model_sha256(model: str) -> str | None:
-    """sha256 of the model's weights (``default`` or a model folder); None for a proposer name."""
+    """sha256 of the model's weights (``default`` or a model folder); None for a proposer name. Computed once
+    per run and passed down (``model_sha``), so rollout records can be matched to the weights."""
     folder = default_model_path() if model == DEFAULT_MODEL else Path(model)
     weights = folder / WEIGHTS_NAME
     return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
@@ -70,7 +71,7 @@ def model_sha256(model: str) -> str | None:
 
 def hybrid_rollout(pdb: Path, out: Path, time_ps: float, jump_ps: float, model: str, seed: int,
                    max_wall_s: float | None = None, max_failures: int = 20, prior_weight: float = 0.0,
-                   relax_ps: float | None = None) -> dict:
+                   relax_ps: float | None = None, model_sha: str | None = None) -> dict:
     """A hybrid run at default settings (implicit-fast, default relaxation and guards) into ``out``.
 
     Unlike ``starmd simulate``, a cycle whose every proposal fails the guards (JumpRejectedError) does not
@@ -115,7 +116,7 @@ def hybrid_rollout(pdb: Path, out: Path, time_ps: float, jump_ps: float, model: 
     wall = time.perf_counter() - wall
     log.close()
     speed = sim.speed()
-    record = {"pdb": str(pdb), "model": model, "model_sha256": model_sha256(model), "seed": seed,
+    record = {"pdb": str(pdb), "model": model, "model_sha256": model_sha, "seed": seed,
               "jump_ps": jump_ps, "jumps_total": total,
               "jumps_done": sim.currentStep, "prior_weight": prior_weight, "failed_cycles": failed,
               "status": status, "wall_s": wall,
@@ -151,7 +152,8 @@ def equal_footing(folder: Path, run_dir: Path) -> dict:
 
 
 def run_system(folder: Path, out: Path, jump_ps: float, model: str, seed: int, lag: str,
-               max_wall_s: float | None = None, prior_weight: float = 0.0, relax_ps: float | None = None) -> dict:
+               max_wall_s: float | None = None, prior_weight: float = 0.0, relax_ps: float | None = None,
+               model_sha: str | None = None) -> dict:
     """Roll out (unless done), validate, and return the row for one system."""
     name = folder.name
     time_ps, ref_frames = reference_length_ps(folder)
@@ -160,11 +162,12 @@ def run_system(folder: Path, out: Path, jump_ps: float, model: str, seed: int, l
     old = json.loads(record_path.read_text()) if record_path.exists() else {}
     # records older than the weights' hash match on the model name alone
     done = (old.get("jumps_total") == round(time_ps / jump_ps) and old.get("model") == model
-            and old.get("model_sha256", model_sha256(model)) == model_sha256(model)
+            and old.get("model_sha256", model_sha) == model_sha
             and old.get("prior_weight", 0.0) == prior_weight
             and (relax_ps is None or old.get("relax", {}).get("time_ps") == relax_ps))
     record = old if done else hybrid_rollout(folder / f"{name}.pdb", run_dir, time_ps, jump_ps, model, seed,
-                                             max_wall_s=max_wall_s, prior_weight=prior_weight, relax_ps=relax_ps)
+                                             max_wall_s=max_wall_s, prior_weight=prior_weight, relax_ps=relax_ps,
+                                             model_sha=model_sha)
     row = {"system": name, "reference_ns": time_ps / 1000.0, "reference_frames": ref_frames,
            "rollout_frames": record["jumps_done"], "jump_ps": jump_ps, "rollout_wall_s": record["wall_s"],
            "seconds_per_cycle": record["seconds_per_cycle"], "failed_cycles": record["failed_cycles"],
@@ -304,16 +307,17 @@ def main() -> None:
     jump_ps = parse_time(args.jump, "--jump")
     lag = args.lag or args.jump
     relax_ps = None if args.relax is None else parse_time(args.relax, "--relax")
+    sha = model_sha256(args.model)
     rows = []
     for folder in folders:
         row = run_system(folder, Path(args.out), jump_ps, args.model, args.seed, lag, args.max_wall,
-                         args.prior_weight, relax_ps)
+                         args.prior_weight, relax_ps, sha)
         rows.append(row)
         m = row["metrics"]
         print(f"{row['system']:<8} {row['rollout_frames']:>4} frames {row['seconds_per_cycle']:.3f} s/cycle "
               f"{row['failed_cycles']} failed cycles  "
               + "  ".join(f"{k} {_fmt(m.get(k))} ({_fmt(row['floor'].get(k))})" for k in METRICS), flush=True)
-    result = {"model": args.model, "model_sha256": model_sha256(args.model), "jump_ps": jump_ps, "seed": args.seed,
+    result = {"model": args.model, "model_sha256": sha, "jump_ps": jump_ps, "seed": args.seed,
               "lag": lag,
               "prior_weight": args.prior_weight, "relax_ps": relax_ps,
               "machine": f"{os.cpu_count()}-core CPU, load {os.getloadavg()[0]:.1f}", "systems": rows}

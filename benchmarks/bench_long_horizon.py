@@ -35,7 +35,7 @@ from openmm_starmd.atomic import atomic_write, atomic_write_json
 from openmm_starmd.units import parse_time
 
 sys.path.insert(0, str(Path(__file__).parent))
-from bench_fidelity import hybrid_rollout, json_safe  # sibling benchmark script, not a package
+from bench_fidelity import hybrid_rollout, json_safe, model_sha256  # sibling benchmark script, not a package
 
 COLUMNS = ("valid_fraction", "rejected_share", "rmsf_pearson_r", "pc_jsd", "torsion_jsd", "rmsd_to_start_nm")
 
@@ -157,7 +157,7 @@ def main() -> None:
         per_window = round(parse_time(args.window, "--window") / jump_ps)
     else:
         record = hybrid_rollout(system_dir / f"{name}.pdb", out, time_ps, jump_ps, args.model, args.seed,
-                                max_wall_s=args.max_wall)
+                                max_wall_s=args.max_wall, model_sha=model_sha256(args.model))
     ref = md.join([md.load(str(x), top=str(system_dir / f"{name}.pdb"))
                    for x in sorted(system_dir.glob(f"{name}_R*.xtc"))])
     rows, valid = [], np.zeros(0, dtype=bool)

@@ -27,7 +27,8 @@ from openmm_starmd.errors import StarMDError
 from openmm_starmd.frames.protein import frames_from_positions, torsions
 from openmm_starmd.frames.rigid import matrix_to_quaternion, quaternion_to_matrix, random_rotations
 
-__all__ = ["TrajectoryWindows", "collate_windows", "find_atlas_folders", "load_backbone_trajectory"]
+__all__ = ["TrajectoryWindows", "collate_windows", "find_atlas_folders", "load_backbone_trajectory",
+           "mixed_generator"]
 
 _CHUNK_FRAMES = 500
 
@@ -39,6 +40,13 @@ class _Replica:
     xtc: Path
     n_frames: int
     spacing_ps: float
+
+
+def mixed_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded by a well-mixed hash of ``keys`` (numpy's SeedSequence): neighbouring keys
+    give unrelated streams, so draws can be a pure function of (seed, epoch, index) and the like."""
+    state = np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint32)
+    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
 
 
 def find_atlas_folders(root: str | Path) -> list[Path]:
@@ -247,8 +255,7 @@ class TrajectoryWindows(Dataset):
 
     def generator_for(self, index: int) -> torch.Generator:
         """The generator of item ``index`` in the current epoch (well-mixed seed of seed, epoch, index)."""
-        state = np.random.SeedSequence([self.seed, self.epoch, int(index)]).generate_state(2, dtype=np.uint32)
-        return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        return mixed_generator(self.seed, self.epoch, int(index))
 
     def __getitem__(self, index: int) -> dict:
         if not 0 <= index < len(self):

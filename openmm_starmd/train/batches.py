@@ -10,10 +10,10 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 from typing import Any
 
-import numpy as np
 import torch
 from torch.utils.data import DataLoader, Dataset, Sampler
 
+from openmm_starmd.data.dataset import mixed_generator
 from openmm_starmd.errors import StarMDError
 
 Key = tuple[int, int]  # (epoch, item index)
@@ -86,8 +86,7 @@ class BatchSampler:
 
     def keys(self, number: int) -> list[Key]:
         """The (epoch, index) keys of batch ``number``."""
-        state = np.random.SeedSequence([self.seed, number]).generate_state(2, dtype=np.uint32)
-        g = torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+        g = mixed_generator(self.seed, number)
         n = len(self.items)
         first = number * self.batch_size
         return [((first + j) // n, int(torch.randint(n, (), generator=g))) for j in range(self.batch_size)]
