@@ -24,8 +24,8 @@ from openmm_starmd.atomic import atomic_write, atomic_write_json
 from openmm_starmd.data.dataset import find_atlas_folders
 from openmm_starmd.data.featurize import featurize_topology
 from openmm_starmd.frames.protein import frames_from_positions
+from openmm_starmd.model.checkpoint import load_model
 from openmm_starmd.rollout import Rollout
-from openmm_starmd.simulation.proposer import load_model_path
 
 CA_CA_NM = 0.38
 
@@ -85,7 +85,7 @@ def main() -> None:
     parser.add_argument("--md", default="benchmarks/results/jump.md")
     args = parser.parse_args()
 
-    model = load_model_path(args.model)
+    model, _ = load_model(args.model)
     folders = find_atlas_folders(args.data)
     if args.systems:
         folders = [f for f in folders if f.name in set(args.systems)]

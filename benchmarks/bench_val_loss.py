@@ -18,8 +18,8 @@ import torch
 
 from openmm_starmd.atomic import atomic_write, atomic_write_json
 from openmm_starmd.data.dataset import TrajectoryWindows, collate_windows
+from openmm_starmd.model.checkpoint import load_model
 from openmm_starmd.model.network import StarMDNetwork
-from openmm_starmd.simulation.proposer import load_model_path
 from openmm_starmd.train.run import split_in_time, system_folders
 from openmm_starmd.train.trainer import evaluate
 
@@ -44,7 +44,7 @@ def main() -> None:
     parser.add_argument("--md", default="benchmarks/results/val_loss.md")
     args = parser.parse_args()
 
-    trained = load_model_path(args.model)
+    trained, _ = load_model(args.model)
     torch.manual_seed(0)
     untrained = StarMDNetwork(trained.config).eval()
     rows = []

@@ -161,9 +161,12 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--forcefield", default="implicit-fast", choices=sorted(PRESETS),
                    help="force-field preset (default implicit-fast: the force field of the training MD)")
     p.add_argument("--temperature", type=float, default=300.0, help="temperature in K (default 300)")
+    p.add_argument("--device", default="auto",
+                   help="where the model runs: auto (a GPU when there is one), cpu, cuda or cuda:K (default auto)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run (settings from run.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder's files")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
     p.set_defaults(func=_run_simulate)
 
 
@@ -172,12 +175,12 @@ def _run_simulate(args: argparse.Namespace) -> None:
     from openmm_starmd.simulation.run import run_simulation
     from openmm_starmd.units import parse_time
 
-    relax_ps = 0.0 if args.relax.strip() in ("0", "0ps") else parse_time(args.relax, "--relax")
+    relax_ps = 0.0 if args.relax.strip() in ("0", "0ps", "0ns") else parse_time(args.relax, "--relax")
     folder = run_simulation(
         args.input, args.output, time_ps=parse_time(args.time, "--time"),
         jump_ps=parse_time(args.jump, "--jump"), model=args.model, relax=RelaxSettings(time_ps=relax_ps),
         seed=args.seed, platform=args.platform, forcefield=args.forcefield, temperature_k=args.temperature,
-        overwrite=args.overwrite, resume=args.resume,
+        overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress, device=args.device,
     )
     print(f"wrote {folder}")
 

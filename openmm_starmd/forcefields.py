@@ -152,16 +152,33 @@ def build_system(
     return system, topology, positions
 
 
+def stable_timestep_ps(system: openmm.System) -> float:
+    """Largest safe Langevin step for a System built elsewhere, ps.
+
+    4 fs when bonds to hydrogen are constrained and hydrogens weigh at least 1.4 amu (mass
+    repartitioning), 2 fs when constrained only, 1 fs otherwise. Hydrogens are the particles lighter
+    than 4 amu (massless virtual sites aside): a repartitioned heavy atom stays far above that.
+    """
+    masses = [system.getParticleMass(i).value_in_unit(u.dalton) for i in range(system.getNumParticles())]
+    hydrogens = [m for m in masses if 0.0 < m < 4.0]
+    if system.getNumConstraints() == 0:
+        return 0.001
+    return 0.004 if hydrogens and min(hydrogens) >= 1.4 else 0.002
+
+
 def make_integrator(
-    preset: str | ForceFieldPreset,
+    preset: str | ForceFieldPreset | openmm.System,
     temperature_k: float = 300.0,
     friction_per_ps: float = 1.0,
     seed: int | None = None,
 ) -> openmm.LangevinMiddleIntegrator:
-    """A ``LangevinMiddleIntegrator`` with the preset's time step.
+    """The one integrator factory: a ``LangevinMiddleIntegrator`` with a step the System is stable with.
 
     Parameters
     ----------
+    preset
+        A preset (name or object): its time step; or an ``openmm.System`` built elsewhere: the step of
+        :func:`stable_timestep_ps`.
     temperature_k
         Bath temperature, K.
     friction_per_ps
@@ -169,9 +186,16 @@ def make_integrator(
     seed
         Random seed of the integrator; ``None`` lets OpenMM choose.
     """
-    preset = get_preset(preset) if isinstance(preset, str) else preset
+    if not temperature_k > 0.0:
+        raise StarMDError(f"temperature must be positive, got {temperature_k} K")
+    if not friction_per_ps >= 0.0:
+        raise StarMDError(f"friction must not be negative, got {friction_per_ps} /ps")
+    if isinstance(preset, openmm.System):
+        step_ps = stable_timestep_ps(preset)
+    else:
+        step_ps = (get_preset(preset) if isinstance(preset, str) else preset).timestep_ps
     integrator = openmm.LangevinMiddleIntegrator(
-        temperature_k * u.kelvin, friction_per_ps / u.picosecond, preset.timestep_ps * u.picosecond
+        temperature_k * u.kelvin, friction_per_ps / u.picosecond, step_ps * u.picosecond
     )
     if seed is not None:
         integrator.setRandomNumberSeed(int(seed) % 2**31)

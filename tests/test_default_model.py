@@ -19,12 +19,11 @@ import openmm_starmd
 from openmm_starmd.analysis.validity import frame_validity
 from openmm_starmd.cli import build_parser
 from openmm_starmd.forcefields import build_system
-from openmm_starmd.model.checkpoint import load_model
+from openmm_starmd.model.checkpoint import DEFAULT_MODEL, default_model_path, load_model
 from openmm_starmd.model.config import preset
 from openmm_starmd.simulation import StarMDProposer, StarMDSimulation
-from openmm_starmd.simulation.proposer import DEFAULT_MODEL, default_model_path, load_model_path
+from openmm_starmd.simulation.proposer import resolve_proposer
 from openmm_starmd.simulation.reconstruct import AtomMap
-from openmm_starmd.simulation.run import make_proposer
 
 DATA = Path(__file__).parent / "data"
 
@@ -54,7 +53,7 @@ def test_shipped_weights_are_package_data_and_small():
 def test_default_model_loads_offline_with_recorded_config(offline):
     folder = default_model_path()
     recorded = json.loads((folder / "model.json").read_text())
-    model = load_model_path(DEFAULT_MODEL)
+    model, _ = openmm_starmd.load_model()  # the package root's loader; "default" is its default
     assert model.config.to_dict() == recorded["config"]
     # Trained as the `small` preset (the CPU default).
     assert model.config == preset("small")
@@ -72,7 +71,7 @@ def test_default_model_is_the_simulate_default(offline):
     args = build_parser().parse_args(["simulate", str(DATA / "cln025.pdb"), "--time", "1ns", "-o", "x"])
     assert args.model == DEFAULT_MODEL
     pdb = app.PDBFile(str(DATA / "cln025.pdb"))
-    proposer = make_proposer(args.model, pdb.topology)
+    proposer = resolve_proposer(args.model, pdb.topology)
     assert isinstance(proposer, StarMDProposer)
 
 
@@ -81,7 +80,7 @@ def test_default_model_proposes_finite_rigid_frames_for_chignolin(offline):
     _, topology, positions = build_system(pdb.topology, pdb.positions, "implicit-fast")
     atom_map = AtomMap(topology)
     rot, trans = atom_map.frames(np.asarray(positions.value_in_unit(u.nanometer)))
-    proposer = make_proposer(DEFAULT_MODEL, topology)
+    proposer = resolve_proposer(DEFAULT_MODEL, topology)
     proposer.push(rot.float(), trans.float())
     new_rot, new_trans = proposer.propose(1000.0, torch.Generator().manual_seed(0))
     assert new_rot.shape == (10, 3, 3) and new_trans.shape == (10, 3)

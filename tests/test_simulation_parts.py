@@ -36,11 +36,12 @@ def test_registry_has_entry_point_and_builtins(chignolin):
     group = {ep.name: ep.value for ep in entry_points(group=proposers.ENTRY_POINT_GROUP)}
     assert group["starmd"] == "openmm_starmd.simulation.proposer:StarMDProposerFactory"
     assert {"starmd", "perturb"} <= set(proposers.available_proposers())
-    assert isinstance(proposers.create_proposer("perturb", topology), proposers.PerturbationProposer)
-    with pytest.raises(StarMDError, match="unknown proposer"):
-        proposers.create_proposer("no-such-model", topology)
-    # Without a model option the `starmd` factory uses the shipped default model.
-    assert isinstance(proposers.create_proposer("starmd", topology), proposers.StarMDProposer)
+    assert isinstance(proposers.resolve_proposer("perturb", topology), proposers.PerturbationProposer)
+    with pytest.raises(StarMDError, match="not found"):
+        proposers.resolve_proposer("no-such-model", topology)
+    # Without a model option the `starmd` factory uses the shipped default model; so do None and "default".
+    for spec in ("starmd", "default", None):
+        assert isinstance(proposers.resolve_proposer(spec, topology), proposers.StarMDProposer)
     with pytest.raises(StarMDError, match="not found"):
         proposers.resolve_proposer("/nonexistent/model_dir", topology)
 

@@ -2,14 +2,14 @@
 
 Typical use::
 
-    sim = StarMDSimulation(topology, system, "path/to/model", jump=1 * unit.nanosecond)
+    sim = StarMDSimulation(topology, system, "default", jump=1 * unit.nanosecond, device="auto")
     sim.context.setPositions(positions)
     sim.reporters.append(app.XTCReporter("traj.xtc", 1))
     sim.step(1000)          # 1000 jumps = 1 µs
 """
 
 from openmm_starmd.simulation.guards import GuardSettings
-from openmm_starmd.simulation.hybrid import CycleStats, JumpIntegrator, JumpRejectedError, StarMDSimulation
+from openmm_starmd.simulation.hybrid import JumpIntegrator, JumpRejectedError, StarMDSimulation
 from openmm_starmd.simulation.proposer import (
     PerturbationProposer,
     Proposer,
@@ -17,11 +17,12 @@ from openmm_starmd.simulation.proposer import (
     StarMDProposer,
     StarMDProposerFactory,
     available_proposers,
-    create_proposer,
     register_proposer,
+    resolve_proposer,
 )
 from openmm_starmd.simulation.relax import RelaxSettings
 from openmm_starmd.simulation.reporters import JumpLogReporter
+from openmm_starmd.simulation.stats import CycleStats
 
 __all__ = [
     "CycleStats",
@@ -37,6 +38,6 @@ __all__ = [
     "StarMDProposerFactory",
     "StarMDSimulation",
     "available_proposers",
-    "create_proposer",
     "register_proposer",
+    "resolve_proposer",
 ]

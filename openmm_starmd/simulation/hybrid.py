@@ -11,6 +11,10 @@ whose step size is the jump and whose ``step(n)`` runs n cycles, so the unchange
 ``Simulation.step`` / ``runForClockTime`` loop schedules reporters (DCD, XTC, StateData,
 Checkpoint, ...) exactly as for MD, and they record the simulated time. The MD integrator used for
 relaxation is ``simulation.md_integrator`` (also ``context.getIntegrator()``).
+
+A cycle is written as a generator (:meth:`StarMDSimulation._cycle_steps`) that asks for proposals
+(yields Δt) and is sent them; a single simulation answers from its own proposer, a
+:class:`~openmm_starmd.simulation.ensemble.StarMDEnsemble` answers many replicas with one batched draw.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ import copy
 import os
 import tempfile
 import time
-from dataclasses import dataclass, field
+from collections.abc import Generator
 from pathlib import Path
 from typing import Any
 
@@ -31,32 +35,22 @@ import torch
 
 from openmm_starmd.atomic import atomic_write
 from openmm_starmd.errors import StarMDError
-from openmm_starmd.forcefields import fastest_platform
+from openmm_starmd.forcefields import fastest_platform, make_integrator
 from openmm_starmd.simulation import state as blob
-from openmm_starmd.simulation.guards import OPENMM_ERROR, REASONS, Guard, GuardSettings
+from openmm_starmd.simulation.guards import OPENMM_ERROR, Guard, GuardSettings
 from openmm_starmd.simulation.proposer import Proposer, resolve_proposer
 from openmm_starmd.simulation.reconstruct import AtomMap, require_implicit_solvent
 from openmm_starmd.simulation.relax import BackboneRestraints, RelaxSettings, relax
+from openmm_starmd.simulation.stats import CycleStats
 from openmm_starmd.units import to_kelvin, to_ps
+
+# What a cycle is sent for each Δt it asks for: rotations [N, 3, 3], translations [N, 3] nm, model seconds.
+Proposal = tuple[torch.Tensor, torch.Tensor, float]
+CycleSteps = Generator[float, Proposal, None]
 
 
 class JumpRejectedError(StarMDError):
     """Every proposal of a cycle failed the guards, down to the smallest allowed Δt."""
-
-
-@dataclass
-class CycleStats:
-    """What one jump cycle did: rejections by reason, halvings, and where the wall time went (s)."""
-
-    rejections: dict[str, int] = field(default_factory=lambda: dict.fromkeys(REASONS, 0))
-    halvings: int = 0
-    model_s: float = 0.0
-    openmm_s: float = 0.0
-    wall_s: float = 0.0
-
-    @property
-    def num_rejections(self) -> int:
-        return sum(self.rejections.values())
 
 
 class JumpIntegrator:
@@ -79,19 +73,6 @@ class JumpIntegrator:
         return getattr(self._simulation.md_integrator, name)
 
 
-def default_integrator(system: openmm.System, topology: app.Topology, temperature_k: float,
-                       seed: int) -> openmm.LangevinMiddleIntegrator:
-    """Langevin (1/ps) at ``temperature_k`` with 4 fs when hydrogens are heavy and constrained, else 2 fs."""
-    h_mass = [system.getParticleMass(a.index).value_in_unit(u.dalton) for a in topology.atoms()
-              if a.element is not None and a.element.symbol == "H"]
-    constrained = system.getNumConstraints() > 0
-    step_ps = 0.004 if constrained and h_mass and min(h_mass) >= 1.4 else 0.002 if constrained else 0.001
-    integrator = openmm.LangevinMiddleIntegrator(temperature_k * u.kelvin, 1.0 / u.picosecond,
-                                                 step_ps * u.picosecond)
-    integrator.setRandomNumberSeed(int(seed) % 2**31)
-    return integrator
-
-
 class StarMDSimulation(app.Simulation):
     """Hybrid simulation: learned jumps of ``jump`` each, relaxed by OpenMM.
 
@@ -102,8 +83,9 @@ class StarMDSimulation(app.Simulation):
     system
         Its System; a copy gets the restraint force, the caller's object is not changed.
     proposer
-        A :class:`~openmm_starmd.simulation.proposer.Proposer`, a loaded STAR-MD network, a registered
-        proposer name (``perturb``, entry points) or a STAR-MD checkpoint folder.
+        A :class:`~openmm_starmd.simulation.proposer.Proposer`, a loaded STAR-MD network, ``"default"``
+        (the shipped model), a registered proposer name (``perturb``, entry points) or a STAR-MD
+        checkpoint folder (:func:`~openmm_starmd.simulation.proposer.resolve_proposer`).
     jump
         Simulated time per cycle (Quantity or ps).
     relax
@@ -111,7 +93,8 @@ class StarMDSimulation(app.Simulation):
     guards
         :class:`GuardSettings` (retries, limits).
     integrator
-        MD integrator for relaxation; default Langevin 1/ps at ``temperature`` with a 2 or 4 fs step.
+        MD integrator for relaxation; default :func:`~openmm_starmd.forcefields.make_integrator` for the
+        System (Langevin 1/ps at ``temperature``, 2 or 4 fs).
     platform
         OpenMM Platform or its name; default the fastest.
     platformProperties
@@ -123,6 +106,9 @@ class StarMDSimulation(app.Simulation):
     prior_positions
         Positions (nm, [n_atoms, 3]) that condition the learned-prior force, needed only when
         ``relax.starmd_force_weight`` is not 0 (e.g. the start structure).
+    device
+        Where the model runs and draws its random numbers: ``cpu``, ``cuda``, ``cuda:k`` or ``auto``;
+        None: where the proposer already is (checkpoints load to the CPU).
     """
 
     def __init__(
@@ -139,6 +125,7 @@ class StarMDSimulation(app.Simulation):
         seed: int = 0,
         temperature: u.Quantity | float = 300.0 * u.kelvin,
         prior_positions: Any = None,
+        device: str | torch.device | None = None,
     ) -> None:
         require_implicit_solvent(topology, system)
         self.jump_ps = to_ps(jump)
@@ -152,7 +139,7 @@ class StarMDSimulation(app.Simulation):
         self.guard_settings = guards if guards is not None else GuardSettings()
         self.atom_map = AtomMap(topology)
         self.guard = Guard(topology, self.atom_map.backbone, self.guard_settings)
-        self.proposer = resolve_proposer(proposer, topology)
+        self.proposer = resolve_proposer(proposer, topology, device=device)
         system = copy.deepcopy(system)
         self.restraints = BackboneRestraints(self.atom_map.restrained_atoms)
         restraint_group = self.restraints.add_to(system)
@@ -160,7 +147,7 @@ class StarMDSimulation(app.Simulation):
         if relax.starmd_force_weight:
             self._add_learned_prior(system, topology, prior_positions, restraint_group)
         if integrator is None:
-            integrator = default_integrator(system, topology, to_kelvin(temperature), seed)
+            integrator = make_integrator(system, to_kelvin(temperature), 1.0, seed)
         if not hasattr(integrator, "getTemperature") and relax.temperature_k is None and relax.time_ps > 0:
             raise StarMDError("the integrator has no temperature: use a Langevin integrator or set "
                               "RelaxSettings(temperature_k=...)")
@@ -170,16 +157,31 @@ class StarMDSimulation(app.Simulation):
         self.md_integrator = self.integrator
         self.integrator = JumpIntegrator(self)
         self.seed = int(seed)
-        self.generator = torch.Generator().manual_seed(self.seed)
-        self.rejections: dict[str, int] = dict.fromkeys(REASONS, 0)
-        self.halvings = 0
-        self.cycles = 0
-        self.model_s = 0.0
-        self.openmm_s = 0.0
-        self.wall_s = 0.0
+        # On the proposer's device: samplers draw there with it (a CUDA model needs a CUDA generator).
+        self.generator = torch.Generator(device=self.proposer.device).manual_seed(self.seed)
+        self.totals = CycleStats()
         self.last_cycle: CycleStats | None = None
         self.started = False
         self._cycle_start_ps = 0.0
+
+    # ------------------------------------------------------------------------------ counters
+    @property
+    def rejections(self) -> dict[str, int]:
+        """Rejected proposals so far, by reason."""
+        return self.totals.rejections
+
+    @property
+    def halvings(self) -> int:
+        return self.totals.halvings
+
+    @property
+    def cycles(self) -> int:
+        return self.totals.cycles
+
+    @property
+    def device(self) -> torch.device:
+        """Where the model runs."""
+        return self.proposer.device
 
     # ------------------------------------------------------------------------------- running
     def run(self, time: u.Quantity | float) -> None:
@@ -220,6 +222,27 @@ class StarMDSimulation(app.Simulation):
         self.started = True
 
     def _cycle(self) -> None:
+        """One cycle, its proposals drawn from this simulation's own proposer."""
+        self.drive(self._cycle_steps(), lambda dt_ps: self.proposer.propose(dt_ps, self.generator))
+
+    @staticmethod
+    def drive(steps: CycleSteps, propose: Any) -> None:
+        """Run cycle ``steps`` to the end, answering each Δt it asks for with ``propose(dt_ps)``."""
+        request = next(steps)
+        while True:
+            start = time.perf_counter()
+            try:
+                rot, trans = propose(request)
+            except BaseException as exc:
+                steps.throw(exc)  # the cycle restores its start state and re-raises
+                raise
+            try:
+                request = steps.send((rot, trans, time.perf_counter() - start))
+            except StopIteration:
+                return
+
+    def _cycle_steps(self) -> CycleSteps:
+        """One cycle as a generator: yields each Δt (ps) it needs a proposal for, is sent a :data:`Proposal`."""
         start = time.perf_counter()
         state0 = self.context.getState(positions=True, velocities=True, parameters=True)
         step0 = self.context.getStepCount()
@@ -230,7 +253,7 @@ class StarMDSimulation(app.Simulation):
             self._start(positions)
         stats = CycleStats()
         try:
-            self._advance(positions, self.jump_ps, 0, stats)
+            yield from self._advance(positions, self.jump_ps, 0, stats)
         except BaseException:
             # Leave the simulation where the cycle began. An accepted half jump was already pushed to
             # the proposer; its history then no longer ends at this structure, so it restarts here.
@@ -238,34 +261,31 @@ class StarMDSimulation(app.Simulation):
             self.context.setStepCount(step0)
             if stats.halvings:
                 self.reset_history()
+            self.totals.add(stats)
             raise
-        finally:
-            for key, value in stats.rejections.items():
-                self.rejections[key] += value
-            self.halvings += stats.halvings
         self.context.setTime(time0_ps + self.jump_ps)
         self.context.setStepCount(step0 + 1)
         stats.wall_s = time.perf_counter() - start
-        self.cycles += 1
-        self.model_s += stats.model_s
-        self.openmm_s += stats.openmm_s
-        self.wall_s += stats.wall_s
+        stats.cycles = 1
+        self.totals.add(stats)
         self.last_cycle = stats
 
-    def _advance(self, positions: np.ndarray, dt_ps: float, depth: int, stats: CycleStats) -> np.ndarray:
+    def _advance(self, positions: np.ndarray, dt_ps: float, depth: int, stats: CycleStats) -> CycleSteps:
         """Move ``positions`` ``[n_atoms, 3]`` nm on by ``dt_ps``; returns the accepted relaxed positions."""
         old = self.atom_map.frames(positions)
         N = self.atom_map.num_residues
         for _ in range(1 + self.guard_settings.max_resamples):
-            start = time.perf_counter()
-            rot, trans = self.proposer.propose(dt_ps, self.generator)
-            stats.model_s += time.perf_counter() - start
+            rot, trans, model_s = yield dt_ps
+            stats.model_s += model_s
+            stats.proposals += 1
             if tuple(rot.shape) != (N, 3, 3) or tuple(trans.shape) != (N, 3):
                 raise StarMDError(f"proposer {type(self.proposer).__name__} returned frames of shape "
                                   f"{tuple(rot.shape)}, {tuple(trans.shape)}; expected ({N}, 3, 3), ({N}, 3)")
             reason = self.guard.check_proposal(rot, trans)
             if reason is None:
-                target = self.atom_map.move_atoms(positions, old, (rot, trans))
+                # Atoms live on the CPU (numpy, OpenMM); only the model's frames come from its device.
+                target = self.atom_map.move_atoms(positions, old, (rot.cpu(), trans.cpu()))
+                stats.raw_valid += self.guard.raw_valid(target)
                 reason = self.guard.check_target(target)
             if reason is None:
                 start = time.perf_counter()
@@ -285,11 +305,11 @@ class StarMDSimulation(app.Simulation):
                 f"every proposal of the jump at t = {self._cycle_start_ps:g} ps failed the guards down to "
                 f"dt = {dt_ps:g} ps ({stats.rejections}): use a shorter jump or a better model")
         stats.halvings += 1
-        half = self._advance(positions, dt_ps / 2, depth + 1, stats)
-        return self._advance(half, dt_ps / 2, depth + 1, stats)
+        half = yield from self._advance(positions, dt_ps / 2, depth + 1, stats)
+        return (yield from self._advance(half, dt_ps / 2, depth + 1, stats))
 
     def _relax(self, target: np.ndarray) -> tuple[np.ndarray, float, str | None]:
-        seed = int(torch.randint(1, 2**31 - 1, (1,), generator=self.generator))
+        seed = int(torch.randint(1, 2**31 - 1, (1,), generator=self.generator, device=self.generator.device))
         try:
             relax(self.context, self.restraints, self.relax_settings, target, seed)
             state = self.context.getState(positions=True, energy=True, groups=self._physical_groups)
@@ -310,8 +330,7 @@ class StarMDSimulation(app.Simulation):
             tensors.update(proposer_tensors)
             tensors["chirality"] = torch.as_tensor(self.guard.reference_chirality)
         meta = {"jump_ps": self.jump_ps, "started": self.started, "proposer": proposer_plain,
-                "rejections": self.rejections, "halvings": self.halvings, "cycles": self.cycles,
-                "model_s": self.model_s, "openmm_s": self.openmm_s, "wall_s": self.wall_s}
+                **self.totals.to_dict()}
         return blob.pack(tensors, meta)
 
     def saveCheckpoint(self, file: str | os.PathLike | Any) -> None:
@@ -340,16 +359,14 @@ class StarMDSimulation(app.Simulation):
             raise StarMDError(f"checkpoint was written with a {meta['jump_ps']:g} ps jump, this simulation "
                               f"jumps {self.jump_ps:g} ps: use the same jump to resume")
         self.context.loadCheckpoint(tensors["openmm"].numpy().tobytes())
-        self.generator.set_state(tensors["rng"])
+        self.generator.set_state(tensors["rng"].cpu())
         self.started = bool(meta["started"])
         if self.started:
             self.proposer.load_state_dict(blob.join_state(tensors, meta["proposer"], "proposer."))
             self.guard.reference_chirality = tensors["chirality"].numpy()
         else:
             self.proposer.reset()
-        self.rejections = {**dict.fromkeys(REASONS, 0), **meta["rejections"]}
-        self.halvings, self.cycles = int(meta["halvings"]), int(meta["cycles"])
-        self.model_s, self.openmm_s, self.wall_s = meta["model_s"], meta["openmm_s"], meta["wall_s"]
+        self.totals = CycleStats.from_dict(meta)
 
     def loadState(self, file: str | Any) -> None:
         """Load an OpenMM State (portable, no proposer history): the history restarts from it."""
@@ -359,11 +376,8 @@ class StarMDSimulation(app.Simulation):
     # ------------------------------------------------------------------------------ speed
     def speed(self) -> dict[str, float]:
         """Totals so far: cycles, simulated ns/day, and the share of wall time in the model and OpenMM."""
-        wall = max(self.wall_s, 1e-12)
-        return {
-            "cycles": self.cycles,
-            "seconds_per_cycle": self.wall_s / max(self.cycles, 1),
-            "ns_per_day": self.cycles * self.jump_ps / 1000.0 * 86400.0 / wall,
-            "model_share": self.model_s / wall,
-            "openmm_share": self.openmm_s / wall,
-        }
+        return self.totals.speed(self.jump_ps)
+
+    def validity(self) -> dict[str, float | int]:
+        """Raw proposals so far, the share valid before guards and relaxation, and the rejection rate."""
+        return self.totals.validity()

@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 import os
 from abc import ABC, abstractmethod
-from importlib import resources
 from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
@@ -25,10 +24,13 @@ import torch
 
 from openmm_starmd.errors import StarMDError
 from openmm_starmd.frames import rigid
+from openmm_starmd.model.checkpoint import DEFAULT_MODEL, default_model_path
+
+__all__ = ["DEFAULT_MODEL", "ENTRY_POINT_GROUP", "HistoryProposer", "PerturbationProposer", "Proposer",
+           "ProposerFactory", "StarMDProposer", "StarMDProposerFactory", "available_proposers",
+           "default_model_path", "register_proposer", "resolve_proposer"]
 
 ENTRY_POINT_GROUP = "openmm_starmd.proposers"
-# ``--model default`` / ``model="default"``: the model shipped inside the package (openmm_starmd/weights/).
-DEFAULT_MODEL = "default"
 
 
 class Proposer(ABC):
@@ -67,6 +69,11 @@ class Proposer(ABC):
     def reset(self) -> None:
         """Forget the history (the next ``push`` starts a new trajectory)."""
 
+    @property
+    def device(self) -> torch.device:
+        """Where ``propose`` draws: the simulation creates its generator there."""
+        return torch.device("cpu")
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: tensors, ints, floats, strings or lists of them."""
         return {}
@@ -86,16 +93,25 @@ class ProposerFactory(ABC):
 class HistoryProposer(Proposer):
     """A proposer that keeps its last ``max_history`` pushed frames in memory (plain tensors)."""
 
-    def __init__(self, max_history: int = 1) -> None:
+    def __init__(self, max_history: int = 1, device: str | torch.device | None = None) -> None:
+        from openmm_starmd.model.checkpoint import resolve_device
+
         if max_history < 1:
             raise StarMDError(f"max_history must be at least 1, got {max_history}")
         self.max_history = max_history
+        self._device = resolve_device("cpu" if device is None else device)
         self.rotations: list[torch.Tensor] = []
         self.translations: list[torch.Tensor] = []
 
+    @property
+    def device(self) -> torch.device:
+        return self._device
+
     def push(self, rotations: torch.Tensor, translations: torch.Tensor) -> None:
-        self.rotations = [*self.rotations, rotations.detach().float().clone()][-self.max_history:]
-        self.translations = [*self.translations, translations.detach().float().clone()][-self.max_history:]
+        rot = rotations.detach().to(self._device, torch.float32).clone()
+        trans = translations.detach().to(self._device, torch.float32).clone()
+        self.rotations = [*self.rotations, rot][-self.max_history:]
+        self.translations = [*self.translations, trans][-self.max_history:]
 
     def reset(self) -> None:
         self.rotations, self.translations = [], []
@@ -114,8 +130,8 @@ class HistoryProposer(Proposer):
     def load_state_dict(self, state: dict[str, Any]) -> None:
         self.reset()
         if "rotations" in state:
-            self.rotations = list(state["rotations"].float().unbind(0))
-            self.translations = list(state["translations"].float().unbind(0))
+            self.rotations = list(state["rotations"].to(self._device, torch.float32).unbind(0))
+            self.translations = list(state["translations"].to(self._device, torch.float32).unbind(0))
 
 
 class PerturbationProposer(HistoryProposer):
@@ -130,10 +146,13 @@ class PerturbationProposer(HistoryProposer):
         Standard deviation of each rotation-vector component per residue at Δt = 1 ns, rad.
     translation_sigma_nm
         Standard deviation of each translation component per residue at Δt = 1 ns, nm.
+    device
+        Where the history lives and the draws happen (default CPU).
     """
 
-    def __init__(self, rotation_sigma_rad: float = 0.05, translation_sigma_nm: float = 0.02) -> None:
-        super().__init__(max_history=1)
+    def __init__(self, rotation_sigma_rad: float = 0.05, translation_sigma_nm: float = 0.02,
+                 device: str | torch.device | None = None) -> None:
+        super().__init__(max_history=1, device=device)
         self.rotation_sigma_rad = float(rotation_sigma_rad)
         self.translation_sigma_nm = float(translation_sigma_nm)
 
@@ -142,8 +161,8 @@ class PerturbationProposer(HistoryProposer):
         N = rot.shape[0]
         # Diffusive scaling: displacement grows like sqrt(Δt), capped so that huge Δt stays sane.
         scale = min(math.sqrt(dt_ps / 1000.0), 3.0)
-        rotvec = torch.randn(N, 3, generator=generator) * self.rotation_sigma_rad * scale
-        shift = torch.randn(N, 3, generator=generator) * self.translation_sigma_nm * scale
+        rotvec = torch.randn(N, 3, generator=generator, device=rot.device) * self.rotation_sigma_rad * scale
+        shift = torch.randn(N, 3, generator=generator, device=rot.device) * self.translation_sigma_nm * scale
         # Rotate about each residue's own origin (CA): right-multiply in the local frame.
         return rot @ rigid.so3_exp(rotvec), trans + shift
 
@@ -179,6 +198,10 @@ class StarMDProposer(Proposer):
         self.features = featurize_topology(topology)
         self.reset()
 
+    @property
+    def device(self) -> torch.device:
+        return next(self.model.parameters()).device
+
     def reset(self) -> None:
         from openmm_starmd.rollout import Rollout
 
@@ -203,44 +226,24 @@ class StarMDProposerFactory(ProposerFactory):
     """Factory of :class:`StarMDProposer` (registered as ``starmd``).
 
     Options: ``model`` (a checkpoint folder path, ``"default"`` or ``None`` for the shipped default
-    model, or a loaded network), ``window``, ``num_steps``.
+    model, or a loaded network), ``window``, ``num_steps``, ``device``.
     """
 
     def create_proposer(self, topology: app.Topology,
                         model: torch.nn.Module | str | os.PathLike | None = None,
-                        window: int | None = None, num_steps: int | None = None) -> Proposer:
-        if model is None:
-            model = DEFAULT_MODEL
-        if not isinstance(model, torch.nn.Module):
-            model = load_model_path(model)
-        return StarMDProposer(model, topology, window=window, num_steps=num_steps)
+                        window: int | None = None, num_steps: int | None = None,
+                        device: str | torch.device | None = None) -> Proposer:
+        return StarMDProposer(_network(DEFAULT_MODEL if model is None else model, device), topology,
+                              window=window, num_steps=num_steps)
 
 
-def default_model_path() -> Path:
-    """Folder of the default model shipped as package data (``openmm_starmd/weights/``); no network needed.
+def _network(model: torch.nn.Module | str | os.PathLike, device: str | torch.device | None) -> torch.nn.Module:
+    """A STAR-MD network from a loaded module (moved to ``device`` when given) or a checkpoint folder."""
+    from openmm_starmd.model.checkpoint import load_model, resolve_device
 
-    Raises
-    ------
-    StarMDError
-        If the weights are not installed (e.g. a source tree without them).
-    """
-    folder = Path(str(resources.files("openmm_starmd") / "weights"))
-    if not (folder / "model.safetensors").is_file() or not (folder / "model.json").is_file():
-        raise StarMDError(f"the default STAR-MD model is not installed ({folder} lacks model.safetensors or "
-                          "model.json): reinstall openmm_starmd or pass --model PATH (a checkpoint folder)")
-    return folder
-
-
-def load_model_path(path: str | os.PathLike) -> torch.nn.Module:
-    """Load a STAR-MD checkpoint folder (``"default"``: the shipped model), with a one-line error when missing."""
-    path = default_model_path() if str(path) == DEFAULT_MODEL else Path(path)
-    if not path.exists():
-        raise StarMDError(f"model {path} not found: give a STAR-MD checkpoint folder or a proposer name "
-                          f"({', '.join(available_proposers())})")
-    from openmm_starmd.model.checkpoint import load_model
-
-    model, _config = load_model(path)
-    return model
+    if isinstance(model, torch.nn.Module):
+        return model if device is None else model.to(resolve_device(device))
+    return load_model(model, device="cpu" if device is None else device)[0]
 
 
 _REGISTERED: dict[str, type[ProposerFactory] | ProposerFactory] = {
@@ -263,37 +266,60 @@ def available_proposers() -> list[str]:
     return sorted(set(_entry_point_factories()) | set(_REGISTERED))
 
 
-def create_proposer(name: str, topology: app.Topology, **options: Any) -> Proposer:
-    """Create the proposer registered as ``name`` for ``topology``.
-
-    Raises
-    ------
-    StarMDError
-        If no proposer of that name is registered.
-    """
+def _factory(name: str) -> ProposerFactory | None:
+    """The registered factory called ``name`` (an instance), or None."""
     factory: Any = _REGISTERED.get(name)
     if factory is None:
         eps = _entry_point_factories()
         if name not in eps:
-            raise StarMDError(f"unknown proposer {name!r}: choose one of {', '.join(available_proposers())} "
-                              "or give a model checkpoint folder")
+            return None
         factory = eps[name].load()
-    if isinstance(factory, type):
-        factory = factory()
-    return factory.create_proposer(topology, **options)
+    return factory() if isinstance(factory, type) else factory
 
 
-def resolve_proposer(proposer: Proposer | torch.nn.Module | str | os.PathLike,
-                     topology: app.Topology) -> Proposer:
-    """A :class:`Proposer` from an instance, a loaded STAR-MD network, a registered name, ``"default"``
-    (the shipped model) or a checkpoint folder."""
+def resolve_proposer(proposer: Proposer | torch.nn.Module | str | os.PathLike | None, topology: app.Topology,
+                     device: str | torch.device | None = None, **options: Any) -> Proposer:
+    """The one way to turn what a user names into a :class:`Proposer` for ``topology``.
+
+    Parameters
+    ----------
+    proposer
+        A Proposer (returned as is), a loaded STAR-MD network, ``"default"`` or None (the model shipped
+        with the package), a registered proposer name (``perturb``, ``starmd``, entry points of
+        ``openmm_starmd.proposers``) or a STAR-MD checkpoint folder.
+    topology
+        The simulated topology.
+    device
+        Where the model runs (``cpu``, ``cuda``, ``cuda:k``, ``auto``); None keeps a network where it is
+        and loads checkpoints to the CPU. Passed to registered factories as the ``device`` option.
+    options
+        Factory options (e.g. ``window``, ``num_steps`` for STAR-MD).
+
+    Raises
+    ------
+    StarMDError
+        For an unknown name, a missing or malformed checkpoint folder, or a device that is not there.
+    """
     if isinstance(proposer, Proposer):
+        if device is not None:
+            from openmm_starmd.model.checkpoint import resolve_device
+
+            if resolve_device(device) != proposer.device:
+                raise StarMDError(f"the proposer runs on {proposer.device}, not on {device}: create it on that "
+                                  "device or leave device unset")
         return proposer
-    if isinstance(proposer, torch.nn.Module):
-        return StarMDProposer(proposer, topology)
-    if isinstance(proposer, str) and proposer in available_proposers():
-        return create_proposer(proposer, topology)
-    if isinstance(proposer, (str, os.PathLike)):
-        return StarMDProposer(load_model_path(proposer), topology)
-    raise StarMDError(f"cannot use {type(proposer).__name__} as a proposer: give a Proposer, a model or "
-                      "a path")
+    if proposer is None or isinstance(proposer, torch.nn.Module):
+        return StarMDProposerFactory().create_proposer(topology, model=proposer, device=device, **options)
+    if not isinstance(proposer, (str, os.PathLike)):
+        raise StarMDError(f"cannot use {type(proposer).__name__} as a proposer: give a Proposer, a model, a "
+                          "proposer name or a checkpoint folder")
+    factory = _factory(proposer) if isinstance(proposer, str) else None
+    if factory is not None:
+        if device is not None:
+            options["device"] = device
+        return factory.create_proposer(topology, **options)
+    path = str(proposer)
+    if path != DEFAULT_MODEL and not Path(path).exists():
+        raise StarMDError(f"model {path} not found: give a STAR-MD checkpoint folder, 'default' or a proposer "
+                          f"name ({', '.join(available_proposers())})")
+    return StarMDProposerFactory().create_proposer(topology, model=path, device=device, **options)

@@ -9,7 +9,9 @@ checkpoint's jump count, so after any interruption every frame is there exactly 
 
 from __future__ import annotations
 
+import io
 import json
+import math
 import os
 import platform as py_platform
 import time
@@ -25,18 +27,13 @@ import torch
 from tqdm import tqdm
 
 from openmm_starmd import __version__
+from openmm_starmd.analysis.validity import frame_validity
 from openmm_starmd.atomic import atomic_write, atomic_write_json, check_output_dir, temporary_path
 from openmm_starmd.errors import StarMDError
+from openmm_starmd.model.checkpoint import DEFAULT_MODEL, resolve_device
 from openmm_starmd.simulation.guards import GuardSettings
 from openmm_starmd.simulation.hybrid import JumpRejectedError, StarMDSimulation
-from openmm_starmd.simulation.proposer import (
-    DEFAULT_MODEL,
-    Proposer,
-    StarMDProposerFactory,
-    available_proposers,
-    create_proposer,
-    default_model_path,
-)
+from openmm_starmd.simulation.proposer import available_proposers, resolve_proposer
 from openmm_starmd.simulation.relax import RelaxSettings
 from openmm_starmd.simulation.reporters import JumpLogReporter
 from openmm_starmd.units import format_time, ns_per_day
@@ -64,24 +61,6 @@ class ProgressReporter:
 
     def close(self) -> None:
         self._bar.close()
-
-
-def make_proposer(model: str | None, topology: app.Topology) -> Proposer:
-    """``--model``: ``default`` (the shipped model; also for None), a proposer name or a checkpoint folder."""
-    model = DEFAULT_MODEL if model is None else model
-    if model in available_proposers() and model != "starmd":
-        return create_proposer(model, topology)
-    return StarMDProposerFactory().create_proposer(topology, model=model)
-
-
-def _check_model(model: str | None) -> None:
-    """Fail fast (before any preparation) on a missing model."""
-    if model is None or model == DEFAULT_MODEL:
-        default_model_path()
-        return
-    if model not in available_proposers() and not Path(model).exists():
-        raise StarMDError(f"model {model} not found: give a STAR-MD checkpoint folder or a proposer name "
-                          f"({', '.join(available_proposers())})")
 
 
 def _truncate_xtc(path: Path, n_frames: int) -> None:
@@ -114,6 +93,46 @@ def _versions() -> dict[str, str]:
             "numpy": np.__version__, "python": py_platform.python_version()}
 
 
+def _check_scalars(time_ps: float, jump_ps: float, temperature_k: float, seed: int) -> int:
+    """Validate the numbers of a run before anything is read or written; returns the number of jumps."""
+    if not (math.isfinite(jump_ps) and jump_ps > 0.0):
+        raise StarMDError(f"--jump must be a positive time, got {jump_ps} ps: give e.g. 1ns")
+    if not (math.isfinite(time_ps) and time_ps > 0.0):
+        raise StarMDError(f"--time must be a positive time, got {time_ps} ps: give e.g. 100ns")
+    if not (math.isfinite(temperature_k) and temperature_k > 0.0):
+        raise StarMDError(f"--temperature must be a positive number of kelvin, got {temperature_k:g}: give e.g. 300")
+    if not 0 <= int(seed) < 2**63:
+        raise StarMDError(f"--seed must be a non-negative integer, got {seed}")
+    total = round(time_ps / jump_ps)
+    if total < 1:
+        raise StarMDError(f"--time {format_time(time_ps)} is shorter than one {format_time(jump_ps)} jump: "
+                          "give a longer time or a shorter jump")
+    return total
+
+
+def _model_setting(model: str) -> str:
+    """What run.json records for ``--model``: a name as given, a checkpoint folder as an absolute path."""
+    if model == DEFAULT_MODEL or model in available_proposers():
+        return model
+    return str(Path(model).resolve())
+
+
+def _prepared_pdb(input_path: str | os.PathLike) -> str:
+    """The prepared structure as PDB text (kept in memory until every check has passed)."""
+    from openmm_starmd import prep
+
+    prepared = prep.prepare(input_path)
+    text = io.StringIO()
+    app.PDBFile.writeFile(prepared.topology, prepared.positions, text, keepIds=True)
+    return text.getvalue()
+
+
+def _read_pdb(text: str) -> tuple[app.Topology, Any]:
+    pdb = app.PDBFile(io.StringIO(text))
+    pdb.topology.setPeriodicBoxVectors(None)
+    return pdb.topology, pdb.positions
+
+
 def run_simulation(
     input_path: str | os.PathLike,
     output: str | os.PathLike,
@@ -128,8 +147,12 @@ def run_simulation(
     overwrite: bool = False,
     resume: bool = False,
     progress: bool = True,
+    device: str | None = "auto",
 ) -> Path:
     """Run (or resume) a hybrid simulation into the run folder ``output``.
+
+    Every argument is checked, the input prepared, the System built and the model loaded before the
+    first file is written: bad input leaves nothing behind.
 
     Parameters
     ----------
@@ -152,14 +175,16 @@ def run_simulation(
         Continue the run in ``output`` with the settings in its run.json (``time_ps`` may extend it).
     progress
         Show a tqdm bar (simulated ns/day, rejections).
+    device
+        Where the model runs: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:k``. Not a
+        setting of the trajectory: a resumed run may use another device.
 
     Returns
     -------
     Path
         The run folder.
     """
-    from openmm_starmd import prep
-    from openmm_starmd.forcefields import build_system, get_preset
+    from openmm_starmd.forcefields import build_system, fastest_platform, get_preset
 
     out = Path(output)
     if resume:
@@ -170,29 +195,30 @@ def run_simulation(
         platform, forcefield = settings["platform"], settings["forcefield"]["name"]
         temperature_k, relax = settings["temperature_k"], RelaxSettings(**settings["relax"])
         input_path = settings["input"]
+        pdb_text = (out / "topology.pdb").read_text(encoding="utf-8")
     else:
         check_output_dir(out, overwrite)
         relax = relax if relax is not None else RelaxSettings()
-        get_preset(forcefield)
-    total = round(time_ps / jump_ps)
-    if total < 1:
-        raise StarMDError(f"--time {format_time(time_ps)} is shorter than one {format_time(jump_ps)} jump: "
-                          "give a longer time or a shorter jump")
+    total = _check_scalars(time_ps, jump_ps, temperature_k, seed)
+    torch_device = resolve_device(device)
+    get_preset(forcefield)
+    fastest_platform(platform)
+    model = DEFAULT_MODEL if model is None else model
     if not resume:
-        _check_model(model)
-        prepared = prep.prepare(input_path)
+        pdb_text = _prepared_pdb(input_path)
+    # A fresh run starts from the PDB text it writes, so a resumed run builds exactly the same System.
+    topology, positions = _read_pdb(pdb_text)
+    system, topology, positions = build_system(topology, positions, forcefield)
+    sim = StarMDSimulation(topology, system, resolve_proposer(model, topology, device=torch_device), jump=jump_ps,
+                           relax=relax, guards=GuardSettings(), platform=platform, seed=seed,
+                           temperature=temperature_k)
+    if not resume:  # every check passed: now the folder is written
+        model = _model_setting(model)
         out.mkdir(parents=True, exist_ok=True)
         for name in FILES:
             (out / name).unlink(missing_ok=True)
-        prep.write_pdb(prepared, out / "topology.pdb", overwrite=True)
-        model = DEFAULT_MODEL if model is None else model
-        model = model if model in (*available_proposers(), DEFAULT_MODEL) else str(Path(model).resolve())
-    # Always start from the written PDB, so a resumed run builds exactly the same System.
-    start = prep.load_pdb(out / "topology.pdb")
-    system, topology, positions = build_system(start.topology, start.positions, forcefield)
-    proposer = make_proposer(model, topology)
-    sim = StarMDSimulation(topology, system, proposer, jump=jump_ps, relax=relax, guards=GuardSettings(),
-                           platform=platform, seed=seed, temperature=temperature_k)
+        with atomic_write(out / "topology.pdb") as handle:
+            handle.write(pdb_text)
     start_nm = np.asarray(positions.value_in_unit(u.nanometer))
     done = 0
     if resume and (out / "checkpoint.chk").exists():
@@ -208,8 +234,8 @@ def run_simulation(
                 "forcefield": get_preset(forcefield).describe(),
                 "temperature_k": temperature_k, "relax": relax.describe(),
                 "guards": sim.guard_settings.describe(), "proposer": type(sim.proposer).__name__}
-    record: dict[str, Any] = {"settings": settings, "versions": _versions(), "status": "running",
-                              "jumps_done": done, "jumps_total": total}
+    record: dict[str, Any] = {"settings": settings, "device": str(sim.device), "versions": _versions(),
+                              "status": "running", "jumps_done": done, "jumps_total": total}
     atomic_write_json(out / "run.json", record)
 
     xtc_exists = (out / "traj.xtc").exists()
@@ -236,6 +262,19 @@ def run_simulation(
         speed["session_wall_s"] = wall
         speed["session_ns_per_day"] = ns_per_day((sim.currentStep - done) * jump_ps, wall)
         record.update(status=status, jumps_done=sim.currentStep, rejections=sim.rejections,
-                      halvings=sim.halvings, speed=speed)
+                      halvings=sim.halvings, speed=speed,
+                      validity=_validity(sim.validity(), out / "traj.xtc", topology))
         atomic_write_json(out / "run.json", record)
     return out
+
+
+def _validity(raw: dict[str, Any], xtc: Path, topology: app.Topology) -> dict[str, Any]:
+    """Raw validity and rejection rate (whole run) beside the validity of the written frames, as
+    ``starmd validate`` scores them (:func:`~openmm_starmd.analysis.validity.frame_validity` on the XTC)."""
+    relaxed = {"frames": 0, "relaxed_valid_fraction": float("nan")}
+    if xtc.exists():
+        traj = md.load(str(xtc), top=md.Topology.from_openmm(topology))
+        valid = frame_validity(traj).valid
+        relaxed = {"frames": int(traj.n_frames),
+                   "relaxed_valid_fraction": float(valid.mean()) if len(valid) else float("nan")}
+    return {**raw, **relaxed}
