@@ -58,7 +58,7 @@ def test_model_folder_names_the_real_problem(tmp_path):
     assert model_folder("default") == Path(openmm_starmd.__file__).parent / "weights"
     with pytest.raises(StarMDError, match="is a file, not a STAR-MD checkpoint folder"):
         model_folder(DATA / "cln025.pdb")
-    with pytest.raises(StarMDError, match="lacks model.json and model.safetensors"):
+    with pytest.raises(StarMDError, match=r"lacks model\.json and model\.safetensors"):
         model_folder(tmp_path)
     with pytest.raises(StarMDError, match="not found"):
         model_folder(tmp_path / "missing")

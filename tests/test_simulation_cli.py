@@ -48,6 +48,13 @@ def test_cli_writes_a_complete_run_folder(tmp_path, capsys):
     assert record["settings"]["jump_ps"] == 1000.0 and record["settings"]["relax"]["time_ps"] == 0.04
     assert record["settings"]["platform"] == "Reference" and record["versions"]["openmm"]
     assert record["speed"]["ns_per_day"] > 0
+    # Raw validity (before guards and relaxation), rejection rate and relaxed validity side by side.
+    validity = record["validity"]
+    assert validity["raw_proposals"] == 2 + validity["rejections"] == sum(int(r["proposals"]) for r in rows)
+    assert validity["raw_valid"] == sum(int(r["raw_valid"]) for r in rows)
+    assert 0.0 <= validity["raw_valid_fraction"] <= 1.0 and 0.0 <= validity["rejection_rate"] < 1.0
+    assert validity["frames"] == 2 and validity["relaxed_valid_fraction"] == 1.0
+    assert record["device"] == "cpu"  # perturb runs on the CPU
     # An existing folder is refused, and --resume with a longer --time extends the run.
     assert main(args) == 2
     assert "already exists" in capsys.readouterr().err
@@ -61,6 +68,24 @@ def test_missing_model_is_a_one_line_error(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err.startswith("starmd: error: model") and "not found" in err and "\n" not in err
     assert not (tmp_path / "a").exists()  # nothing half-written
+
+
+@pytest.mark.parametrize(("option", "message"), [
+    (["--temperature", "-5"], "--temperature must be a positive number of kelvin"),
+    (["--temperature", "nan"], "--temperature must be a positive number of kelvin"),
+    (["--model", str(DATA / "cln025.pdb")], "is a file, not a STAR-MD checkpoint folder"),
+    (["--seed", "-1"], "--seed must be a non-negative integer"),
+    (["--relax=-1ps"], "--relax must be positive"),
+    (["--platform", "NoSuchPlatform"], "OpenMM platform 'NoSuchPlatform' is not available"),
+    (["--device", "tpu"], "unknown device 'tpu'"),
+    (["--jump", "2ns"], "shorter than one 2 ns jump"),
+])
+def test_bad_arguments_fail_in_one_line_and_write_nothing(tmp_path, capsys, option, message):
+    out = tmp_path / "R"
+    assert main(["simulate", INPUT, "--time", "1ns", "-o", str(out), "--no-progress", *option]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.startswith("starmd: error: ") and message in err and "\n" not in err, err
+    assert not out.exists()  # no topology.pdb, nothing at all
 
 
 def test_killed_run_resumes_with_every_frame_exactly_once(tmp_path, monkeypatch):

@@ -145,6 +145,10 @@ def test_nan_and_wild_proposals_are_resampled(chignolin, monkeypatch):
         assert sum(sim.rejections.values()) == 2
         assert proposer.calls == 4 and proposer.pushes == 1 + 2
         assert_valid(sim, topology)
+        # Raw validity: every draw is counted, before guards and relaxation; the broken ones are invalid.
+        assert sim.totals.proposals == 4 and sim.totals.raw_valid == 2
+        assert sim.validity()["raw_valid_fraction"] == 0.5 and sim.validity()["rejection_rate"] == 0.5
+        assert sim.last_cycle.proposals == 2 and sim.last_cycle.raw_valid == 1
     assert seen and all(seen)  # OpenMM never saw a non-finite position
     assert len(seen) == 4  # and never relaxed a rejected proposal
 
@@ -184,3 +188,29 @@ def test_callers_system_is_not_changed_and_states_restart_history(chignolin):
     np.testing.assert_array_equal(state_of(other)[0], state_of(sim)[0])
     other.step(1)
     assert other.currentStep == 2 and other.context.getTime().value_in_unit(u.picosecond) == pytest.approx(2 * JUMP_PS)
+
+
+def test_raw_validity_uses_validates_criteria(chignolin):
+    """The cached scorer behind raw validity and the relaxed-structure guard agrees with frame_validity
+    (``starmd validate``) on valid, torn, clashing and non-finite structures."""
+    topology, _, positions = chignolin
+    sim = make(chignolin)
+    xyz = np.asarray(positions.value_in_unit(u.nanometer))
+    md_top = md.Topology.from_openmm(topology)
+    ca = [a.index for a in topology.atoms() if a.name == "CA"]
+    residue_atoms = [[a.index for a in r.atoms()] for r in topology.residues()]
+    torn = xyz.copy()
+    bond = xyz[ca[5]] - xyz[ca[4]]
+    after = [i for atoms in residue_atoms[5:] for i in atoms]
+    torn[after] += 0.3 * bond / np.linalg.norm(bond)  # chain pulled apart after residue 4
+    clash = xyz.copy()
+    clash[ca[7]] = xyz[ca[2]] + [0.05, 0.0, 0.0]                   # one CA almost on another
+    nonfinite = xyz.copy()
+    nonfinite[3] = np.nan
+    rng = np.random.default_rng(0)
+    noisy = [xyz + rng.normal(0.0, s, xyz.shape) for s in (0.005, 0.02, 0.05)]
+    for structure in (xyz, torn, clash, nonfinite, *noisy):
+        expected = bool(frame_validity(md.Trajectory(structure[None].astype(np.float32), md_top)).valid[0])
+        assert sim.guard.raw_valid(structure) == expected
+    assert sim.guard.raw_valid(xyz) and not sim.guard.raw_valid(torn) and not sim.guard.raw_valid(clash)
+    assert sim.guard.scorer.failure(torn) == "ca_break"

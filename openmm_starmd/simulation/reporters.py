@@ -1,7 +1,8 @@
 """Reporters specific to hybrid runs (OpenMM's own reporters work unchanged on a StarMDSimulation).
 
 :class:`JumpLogReporter` writes one CSV row per report: simulated time, potential energy, CA RMSD to
-the starting structure, the rejections and halvings of the cycle, and its wall time.
+the starting structure, the rejections and halvings of the cycle, its wall time, and its raw proposals
+with how many of them were valid before guards and relaxation.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ import openmm.app as app
 import openmm.unit as u
 
 LOG_COLUMNS = ("time_ps", "potential_energy_kj_per_mol", "rmsd_ca_nm", "rejections", "halvings",
-               "wall_s", "model_s", "openmm_s")
+               "wall_s", "model_s", "openmm_s", "proposals", "raw_valid")
 
 
 class JumpLogReporter:
@@ -66,6 +67,8 @@ class JumpLogReporter:
             f"{stats.wall_s if stats else 0.0:.4f}",
             f"{stats.model_s if stats else 0.0:.4f}",
             f"{stats.openmm_s if stats else 0.0:.4f}",
+            str(stats.proposals if stats else 0),
+            str(stats.raw_valid if stats else 0),
         ]
         self._out.write(",".join(row) + "\n")
         self._out.flush()
