@@ -10,6 +10,9 @@ cache from the whole history (the reference the cache is tested against).
 
 from __future__ import annotations
 
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -18,7 +21,7 @@ from openmm_starmd.diffusion.sampler import FrameDiffusion, sample_relative
 from openmm_starmd.errors import StarMDError
 from openmm_starmd.frames.rigid import apply, identity_rotations, invert, superpose, superpose_chain
 from openmm_starmd.model.network import KVCache, StarMDNetwork, log_dt_tensor
-from openmm_starmd.model.tokens import Residues, absolute, clean_inputs, noisy_inputs, perturb_frames
+from openmm_starmd.model.tokens import Residues, absolute, apply_frame_noise, clean_inputs, frame_noise, noisy_inputs
 
 
 def _residues(
@@ -44,23 +47,48 @@ def _no_alignment(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
     return identity_rotations((), device=device), torch.zeros(3, device=device)
 
 
+def _same_device(a: torch.device | str, b: torch.device | str) -> bool:
+    a, b = torch.device(a), torch.device(b)
+    if a.type != b.type:
+        return False
+    if a.type == "cuda":  # "cuda" means the current device
+        current = torch.cuda.current_device()
+        return (current if a.index is None else a.index) == (current if b.index is None else b.index)
+    return a.index == b.index or a.index is None or b.index is None
+
+
 def context_noise(
     net: StarMDNetwork, diffusion: FrameDiffusion, rot: torch.Tensor, trans: torch.Tensor, frame_index: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Inference history noise of pushed frame ``frame_index`` (deterministic: seeded by the config seed
-    and the frame number, so a resumed or recomputed run sees the same noise). ``rot`` ``[N, 3, 3]``,
-    ``trans`` ``[N, 3]`` nm."""
+    and the frame number, so a resumed or recomputed run sees the same noise, and every replica at that
+    frame the same draw). ``rot`` ``[..., N, 3, 3]``, ``trans`` ``[..., N, 3]`` nm."""
     cfg = net.config
     if cfg.ctx_tau_inference <= 0.0:
         return rot, trans
     gen = torch.Generator(device=trans.device).manual_seed(cfg.ctx_noise_seed * 1_000_003 + int(frame_index))
     tau = torch.full((1, 1), cfg.ctx_tau_inference, device=trans.device)
-    r, t = perturb_frames(diffusion, rot[None, None], trans[None, None], tau, gen, cfg.translation_scale)
-    return r[0, 0], t[0, 0]
+    omega, local = frame_noise(diffusion, tau, trans.shape[-2], gen, cfg.translation_scale, trans.dtype)
+    return apply_frame_noise(rot, trans, omega[0, 0], local[0, 0])
+
+
+@dataclass
+class _History:
+    """One replica's state: key/value cache, frames pushed, last frame (caller's clean frame moved to world
+    coordinates, and its context-noised copy, ``[N, 3, 3]``/``[N, 3]`` nm each) and the rigid transform from
+    the caller's coordinates of the last pushed frame to world coordinates."""
+
+    cache: KVCache
+    align: tuple[torch.Tensor, torch.Tensor]
+    count: int = 0
+    last: tuple[torch.Tensor, ...] | None = None
+
+
+_LAST = ("last_rot", "last_trans", "last_noisy_rot", "last_noisy_trans")
 
 
 class Rollout:
-    """Stateful STAR-MD sampler for one protein.
+    """Stateful STAR-MD sampler for one protein, optionally for R independent replicas of it at once.
 
     Parameters
     ----------
@@ -73,11 +101,16 @@ class Rollout:
         Number of history frames attended to (default: the model's K; at most K is sensible).
     num_steps
         Sampler steps per jump (default: the config's).
+    replicas
+        None: one trajectory, frames are ``[N, ...]``. R: R independent trajectories, frames are
+        ``[R', N, ...]`` for the R' replicas named by ``replicas=`` in :meth:`push`/:meth:`sample`
+        (default all R); replicas with the same number of pushed frames share one forward pass per step.
     """
 
     def __init__(
         self, model: StarMDNetwork, residue_type: Any, residue_index: Any = None, residue_mask: Any = None,
         chain_break: Any = None, window: int | None = None, num_steps: int | None = None,
+        replicas: int | None = None,
     ) -> None:
         self.model = model.eval()
         self.config = model.config
@@ -86,123 +119,262 @@ class Rollout:
         self.window = self.config.window if window is None else int(window)
         if self.window < 1:
             raise StarMDError(f"window must be at least 1 frame, got {self.window}")
+        if replicas is not None and int(replicas) < 1:
+            raise StarMDError(f"replicas must be at least 1, got {replicas}")
+        self.replicas = None if replicas is None else int(replicas)
         self.num_steps = num_steps
         self.diffusion = FrameDiffusion(self.config)
-        self.cache = KVCache()
-        self.count = 0  # frames pushed so far
-        self._last: tuple[torch.Tensor, ...] | None = None  # clean and context-noised last frame (world)
-        # rigid transform from the caller's coordinates of the last pushed frame to world coordinates
-        self._align = _no_alignment(self.device)
+        self._batched: dict[int, Residues] = {}
+        self._hist = [self._empty() for _ in range(self.replicas or 1)]
+
+    def _empty(self) -> _History:
+        return _History(KVCache(), _no_alignment(self.device))
 
     @property
     def num_residues(self) -> int:
         return int(self.residues.residue_type.shape[1])
 
-    def _check_frame(self, rotations: torch.Tensor, translations: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    @property
+    def cache(self) -> KVCache:
+        """Key/value cache of replica 0 (the only one without ``replicas``)."""
+        return self._hist[0].cache
+
+    @property
+    def count(self) -> int:
+        """Frames pushed so far (replica 0; see :attr:`counts`)."""
+        return self._hist[0].count
+
+    @property
+    def counts(self) -> list[int]:
+        """Frames pushed so far, per replica."""
+        return [h.count for h in self._hist]
+
+    def _residues_for(self, G: int) -> Residues:
+        if G not in self._batched:
+            r = self.residues
+            self._batched[G] = Residues(*(x.expand(G, -1) for x in
+                                          (r.residue_type, r.residue_index, r.residue_mask, r.chain_break)))
+        return self._batched[G]
+
+    def _indices(self, replicas: Sequence[int] | None, what: str) -> list[int]:
+        if self.replicas is None:
+            if replicas is not None:
+                raise StarMDError(f"{what}(replicas=...) needs a Rollout built with replicas=R")
+            return [0]
+        idx = list(range(self.replicas)) if replicas is None else [int(k) for k in replicas]
+        if not idx or len(set(idx)) != len(idx) or not all(0 <= k < self.replicas for k in idx):
+            raise StarMDError(f"{what}: replicas must be distinct indices in 0..{self.replicas - 1}, got {replicas}")
+        return idx
+
+    def _check_frames(self, rotations: torch.Tensor, translations: torch.Tensor, n: int) -> tuple[torch.Tensor, ...]:
         N = self.num_residues
         rot = torch.as_tensor(rotations, dtype=torch.float32, device=self.device)
         trans = torch.as_tensor(translations, dtype=torch.float32, device=self.device)
-        if rot.shape != (N, 3, 3) or trans.shape != (N, 3):
-            raise StarMDError(f"push expects rotations [{N},3,3] and translations [{N},3] nm, got "
+        lead = () if self.replicas is None else (n,)
+        if rot.shape != (*lead, N, 3, 3) or trans.shape != (*lead, N, 3):
+            want = "" if self.replicas is None else f"{n},"
+            raise StarMDError(f"push expects rotations [{want}{N},3,3] and translations [{want}{N},3] nm, got "
                               f"{tuple(rot.shape)} and {tuple(trans.shape)}")
         if not bool(torch.isfinite(rot).all() and torch.isfinite(trans).all()):
             raise StarMDError("push got non-finite frames: check the structure passed to the rollout")
-        return rot, trans
+        return (rot[None], trans[None]) if self.replicas is None else (rot, trans)
+
+    def _groups(self, idx: list[int]) -> list[tuple[int, list[int]]]:
+        """Positions in ``idx`` grouped by history length (one forward pass per group)."""
+        groups: dict[int, list[int]] = {}
+        for p, k in enumerate(idx):
+            groups.setdefault(self._hist[k].count, []).append(p)
+        return sorted(groups.items())
+
+    def _stacked_cache(self, hs: list[_History]) -> KVCache:
+        if hs[0].cache.num_frames == 0 or len(hs) == 1:
+            return hs[0].cache
+        layers = [(torch.cat([h.cache.layers[i][0] for h in hs]), torch.cat([h.cache.layers[i][1] for h in hs]))
+                  for i in range(len(hs[0].cache.layers))]
+        return KVCache(layers, hs[0].cache.frame_index)
+
+    @staticmethod
+    def _take(x: torch.Tensor, pos: list[int]) -> torch.Tensor:
+        if pos == list(range(pos[0], pos[0] + len(pos))):
+            return x[pos[0]:pos[0] + len(pos)]
+        return torch.stack([x[p] for p in pos])
 
     @torch.no_grad()
-    def push(self, rotations: torch.Tensor, translations: torch.Tensor) -> None:
-        """Append a clean frame (``rotations`` ``[N, 3, 3]``, ``translations`` ``[N, 3]`` nm) to the history."""
-        rot, trans = self._check_frame(rotations, translations)
-        if self.config.align_history and self._last is not None:
-            self._align = superpose(trans, self._last[1], self.residues.residue_mask[0])
-            rot, trans = self._align[0] @ rot, apply(self._align[0], self._align[1], trans)
-        n_rot, n_trans = context_noise(self.model, self.diffusion, rot, trans, self.count)
-        if self._last is None:
-            prev_rot, prev_trans, has_prev = n_rot, n_trans, False
-        else:
-            prev_rot, prev_trans, has_prev = self._last[2], self._last[3], True
+    def push(self, rotations: torch.Tensor, translations: torch.Tensor, replicas: Sequence[int] | None = None) -> None:
+        """Append a clean frame to the history.
+
+        Parameters
+        ----------
+        rotations, translations
+            ``[N, 3, 3]`` and ``[N, 3]`` nm; with ``replicas``: ``[R', N, 3, 3]`` and ``[R', N, 3]`` nm.
+        replicas
+            Indices of the R' replicas the frames belong to (default all R).
+        """
+        idx = self._indices(replicas, "push")
+        rot, trans = self._check_frames(rotations, translations, len(idx))
         cfg = self.config
-        feats = clean_inputs(self.residues, n_rot[None, None], n_trans[None, None], prev_rot[None, None],
-                             prev_trans[None, None], torch.tensor([[has_prev]], device=self.device),
-                             cfg.translation_scale)
-        index = torch.tensor([self.count], device=self.device)
-        tau = torch.full((1, 1), cfg.ctx_tau_inference, device=self.device)
-        _, kvs = self.model.trunk(
-            feats, self.residues.residue_type, self.residues.residue_index, self.residues.residue_mask,
-            n_rot[None, None], n_trans[None, None], tau, torch.zeros(1, device=self.device), index,
-            torch.zeros(1, dtype=torch.bool, device=self.device), self.cache,
-        )
-        self.cache.append(kvs, index, keep=self.window)
-        self._last = (rot, trans, n_rot, n_trans)
-        self.count += 1
+        for count, pos in self._groups(idx):
+            hs = [self._hist[idx[p]] for p in pos]
+            r, t = self._take(rot, pos), self._take(trans, pos)
+            G = len(hs)
+            if cfg.align_history and hs[0].last is not None:
+                a_rot, a_trans = superpose(t, torch.stack([h.last[1] for h in hs]), self.residues.residue_mask)
+                for g, h in enumerate(hs):
+                    h.align = (a_rot[g], a_trans[g])
+                r, t = a_rot[:, None] @ r, apply(a_rot[:, None], a_trans[:, None], t)
+            n_rot, n_trans = context_noise(self.model, self.diffusion, r, t, count)
+            if hs[0].last is None:
+                prev_rot, prev_trans = n_rot, n_trans
+            else:
+                prev_rot, prev_trans = torch.stack([h.last[2] for h in hs]), torch.stack([h.last[3] for h in hs])
+            res = self._residues_for(G)
+            has_prev = torch.full((G, 1), hs[0].last is not None, dtype=torch.bool, device=self.device)
+            feats = clean_inputs(res, n_rot[:, None], n_trans[:, None], prev_rot[:, None], prev_trans[:, None],
+                                 has_prev, cfg.translation_scale)
+            index = torch.full((1,), count, dtype=torch.long, device=self.device)
+            tau = torch.full((G, 1), cfg.ctx_tau_inference, device=self.device)
+            _, kvs = self.model.trunk(
+                feats, res.residue_type, res.residue_index, res.residue_mask, n_rot[:, None], n_trans[:, None],
+                tau, torch.zeros(G, device=self.device), index, torch.zeros(1, dtype=torch.bool, device=self.device),
+                self._stacked_cache(hs),
+            )
+            for g, h in enumerate(hs):
+                h.cache.append([(k[g:g + 1], v[g:g + 1]) for k, v in kvs], index, keep=self.window)
+                h.last = (r[g], t[g], n_rot[g], n_trans[g])
+                h.count += 1
 
     @torch.no_grad()
-    def sample(self, dt_ps: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    def sample(
+        self, dt_ps: float | Sequence[float], generators: torch.Generator | Sequence[torch.Generator],
+        replicas: Sequence[int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw the next frame ``Δt = dt_ps`` after the last pushed one (not appended).
+
+        Parameters
+        ----------
+        dt_ps
+            Physical step (ps); with ``replicas``, one for all or one per sampled replica.
+        generators
+            A :class:`torch.Generator` on the model's device; with ``replicas``, a list of them, one per
+            sampled replica (replica k draws all its noise from its own generator, so it reproduces a
+            single-replica rollout seeded the same).
+        replicas
+            Indices of the R' replicas to sample (default all R).
 
         Returns
         -------
         rotations, translations
-            ``[N, 3, 3]`` and ``[N, 3]`` nm.
+            ``[N, 3, 3]`` and ``[N, 3]`` nm; with ``replicas``, ``[R', N, 3, 3]`` and ``[R', N, 3]`` nm.
         """
-        if self._last is None:
+        idx = self._indices(replicas, "sample")
+        gens = [generators] if self.replicas is None else list(generators)
+        dts = [float(x) for x in (dt_ps if isinstance(dt_ps, Sequence) else [dt_ps] * len(idx))]
+        if len(gens) != len(idx) or len(dts) != len(idx):
+            raise StarMDError(f"sample got {len(gens)} generators and {len(dts)} dt_ps for {len(idx)} replicas: "
+                              "give one generator (and one dt_ps or a single value) per sampled replica")
+        for dt in dts:
+            if not (dt > 0 and math.isfinite(dt)):
+                raise StarMDError(f"dt_ps must be positive, got {dt}")
+        for g in gens:
+            if not isinstance(g, torch.Generator) or not _same_device(g.device, self.device):
+                where = g.device if isinstance(g, torch.Generator) else type(g).__name__
+                raise StarMDError(f"sample needs torch.Generator(s) on the model's device {self.device}, got {where}: "
+                                  f"create them with torch.Generator(device={str(self.device)!r})")
+        if any(self._hist[k].last is None for k in idx):
             raise StarMDError("Rollout.sample needs at least one pushed frame: call push(rotations, translations)")
-        if not dt_ps > 0:
-            raise StarMDError(f"dt_ps must be positive, got {dt_ps}")
-        ref_rot, ref_trans = self._last[0][None, None], self._last[1][None, None]
-        index = torch.tensor([self.count], device=self.device)
-        denoise = _denoiser(self.model, self.diffusion, self.residues, ref_rot, ref_trans, dt_ps, index, self.cache)
-        rel_rot, rel_x = sample_relative(denoise, (1, 1, self.num_residues), self.diffusion, generator,
-                                         self.device, self.num_steps)
-        rot, trans = absolute(ref_rot, ref_trans, rel_rot, rel_x, self.config.translation_scale)
-        back_rot, back_trans = invert(*self._align)
-        return back_rot @ rot[0, 0], apply(back_rot, back_trans, trans[0, 0])
+        out: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
+        for count, pos in self._groups(idx):
+            hs = [self._hist[idx[p]] for p in pos]
+            G = len(hs)
+            ref_rot = torch.stack([h.last[0] for h in hs])[:, None]
+            ref_trans = torch.stack([h.last[1] for h in hs])[:, None]
+            index = torch.full((1,), count, dtype=torch.long, device=self.device)
+            dt = dts[pos[0]] if self.replicas is None else torch.tensor([dts[p] for p in pos], device=self.device)
+            denoise = _denoiser(self.model, self.diffusion, self._residues_for(G), ref_rot, ref_trans, dt, index,
+                                self._stacked_cache(hs))
+            draw_gens = gens[0] if self.replicas is None else [gens[p] for p in pos]
+            rel_rot, rel_x = sample_relative(denoise, (G, 1, self.num_residues), self.diffusion, draw_gens,
+                                             self.device, self.num_steps)
+            rot, trans = absolute(ref_rot, ref_trans, rel_rot, rel_x, self.config.translation_scale)
+            back_rot, back_trans = invert(torch.stack([h.align[0] for h in hs]), torch.stack([h.align[1] for h in hs]))
+            rot = back_rot[:, None] @ rot[:, 0]
+            trans = apply(back_rot[:, None], back_trans[:, None], trans[:, 0])
+            out.append((pos, rot, trans))
+        if self.replicas is None:
+            return out[0][1][0], out[0][2][0]
+        if len(out) == 1:
+            return out[0][1], out[0][2]
+        order = {p: (o, g) for o, (pos, _, _) in enumerate(out) for g, p in enumerate(pos)}
+        rot = torch.stack([out[order[p][0]][1][order[p][1]] for p in range(len(idx))])
+        trans = torch.stack([out[order[p][0]][2][order[p][1]] for p in range(len(idx))])
+        return rot, trans
 
-    def state_dict(self) -> dict[str, torch.Tensor]:
-        """History (cache, last frame, frame count) as a flat dict of tensors (safetensors-friendly)."""
-        state: dict[str, torch.Tensor] = {"count": torch.tensor(self.count), "window": torch.tensor(self.window)}
-        if self._last is not None:
-            for name, value in zip(("last_rot", "last_trans", "last_noisy_rot", "last_noisy_trans"), self._last,
-                                   strict=True):
-                state[name] = value.detach().cpu().clone()
-            state["frame_index"] = self.cache.frame_index.cpu().clone()
-            state["align_rot"], state["align_trans"] = (x.detach().cpu().clone() for x in self._align)
-            for i, (k, v) in enumerate(self.cache.layers):
-                state[f"cache_k_{i}"] = k.cpu().clone()
-                state[f"cache_v_{i}"] = v.cpu().clone()
+    def _history_state(self, h: _History) -> dict[str, torch.Tensor]:
+        state = {"count": torch.tensor(h.count, device="cpu")}
+        if h.last is not None:
+            for name, value in zip(_LAST, h.last, strict=True):
+                state[name] = value.detach().to("cpu", copy=True)
+            state["frame_index"] = h.cache.frame_index.to("cpu", copy=True)
+            state["align_rot"], state["align_trans"] = (x.detach().to("cpu", copy=True) for x in h.align)
+            for i, (k, v) in enumerate(h.cache.layers):
+                state[f"cache_k_{i}"] = k.to("cpu", copy=True)
+                state[f"cache_v_{i}"] = v.to("cpu", copy=True)
         return state
 
-    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
-        """Restore a :meth:`state_dict` so the rollout continues exactly."""
-        self.count = int(state["count"])
-        self.window = int(state["window"])
-        self.cache = KVCache()
-        self._last = None
-        self._align = _no_alignment(self.device)
+    def _load_history(self, state: dict[str, torch.Tensor]) -> _History:
+        h = self._empty()
+        h.count = int(state["count"])
         if "last_rot" in state:
             if state["last_rot"].shape[0] != self.num_residues:
                 raise StarMDError("rollout state is for a different number of residues: use the matching model/system")
-            self._last = tuple(state[n].to(self.device) for n in
-                               ("last_rot", "last_trans", "last_noisy_rot", "last_noisy_trans"))
+            h.last = tuple(state[n].to(self.device) for n in _LAST)
             layers = [(state[f"cache_k_{i}"].to(self.device), state[f"cache_v_{i}"].to(self.device))
                       for i in range(self.config.num_blocks)]
-            self.cache = KVCache(layers, state["frame_index"].to(self.device))
+            h.cache = KVCache(layers, state["frame_index"].to(self.device))
             if "align_rot" in state:
-                self._align = (state["align_rot"].to(self.device), state["align_trans"].to(self.device))
+                h.align = (state["align_rot"].to(self.device), state["align_trans"].to(self.device))
+        return h
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """History (cache, last frame, frame count; per replica ``r{k}.``-prefixed with ``replicas``) as a
+        flat dict of CPU tensors (safetensors-friendly)."""
+        window = torch.tensor(self.window, device="cpu")
+        if self.replicas is None:
+            return {**self._history_state(self._hist[0]), "window": window}
+        state = {"replicas": torch.tensor(self.replicas, device="cpu"), "window": window}
+        for k, h in enumerate(self._hist):
+            state.update({f"r{k}.{name}": x for name, x in self._history_state(h).items()})
+        return state
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore a :meth:`state_dict` so the rollout (every replica) continues exactly."""
+        saved = int(state["replicas"]) if "replicas" in state else None
+        if saved != self.replicas:
+            raise StarMDError(f"rollout state is for replicas={saved} but this Rollout has replicas={self.replicas}: "
+                              "build the Rollout with the same number of replicas")
+        self.window = int(state["window"])
+        if self.replicas is None:
+            self._hist = [self._load_history(state)]
+        else:
+            self._hist = [self._load_history({name[len(f"r{k}."):]: x for name, x in state.items()
+                                              if name.startswith(f"r{k}.")}) for k in range(self.replicas)]
 
 
 def _denoiser(
     net: StarMDNetwork, diffusion: FrameDiffusion, res: Residues, ref_rot: torch.Tensor, ref_trans: torch.Tensor,
-    dt_ps: float, index: torch.Tensor, cache: KVCache | None, clean: dict[str, torch.Tensor] | None = None,
+    dt_ps: float | torch.Tensor, index: torch.Tensor, cache: KVCache | None,
+    clean: dict[str, torch.Tensor] | None = None,
 ):
-    """Denoiser closure for :func:`sample_relative`: one noisy group at frame ``index`` attending to the
-    cache (or, with ``clean``, to recomputed history groups in the same call)."""
+    """Denoiser closure for :func:`sample_relative`: one noisy group per batch element (``ref_rot``
+    ``[B, 1, N, 3, 3]``, ``ref_trans`` ``[B, 1, N, 3]`` nm, Δt scalar or ``[B]`` ps) at frame ``index``
+    attending to the cache (or, with ``clean``, to recomputed history groups in the same call)."""
     cfg = net.config
     scale = cfg.translation_scale
-    log_dt = log_dt_tensor(dt_ps, 1, ref_trans.device)
+    B = ref_trans.shape[0]
+    log_dt = log_dt_tensor(dt_ps, B, ref_trans.device)
 
     def denoise(rel_rot: torch.Tensor, x: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.full((1, 1), tau, device=x.device)
+        t = torch.full((B, 1), tau, device=x.device)
         sig_rot, alpha, sig_tr = diffusion.sigmas(t)
         feats, n_rot, n_trans = noisy_inputs(res, ref_rot, ref_trans, rel_rot, x, scale, sig_rot)
         noisy = torch.ones(1, dtype=torch.bool, device=x.device)
@@ -250,7 +422,7 @@ def sample_full_history(
     n_trans = torch.stack([t for _, t in noised])[None]
     prev_rot = torch.cat([n_rot[:, :1], n_rot[:, :-1]], 1)
     prev_trans = torch.cat([n_trans[:, :1], n_trans[:, :-1]], 1)
-    has_prev = (torch.arange(T) > 0)[None].to(n_rot.device)
+    has_prev = (torch.arange(T, device=n_rot.device) > 0)[None]
     clean = {
         "features": clean_inputs(residues, n_rot, n_trans, prev_rot, prev_trans, has_prev, cfg.translation_scale),
         "rot": n_rot, "trans": n_trans, "tau": torch.full((1, T), cfg.ctx_tau_inference, device=n_rot.device),

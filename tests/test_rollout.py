@@ -119,3 +119,143 @@ def test_sample_does_not_append_and_validates_input(cln025):
         ro.push(rot[0, :3], trans[0])
     with pytest.raises(StarMDError, match="dt_ps"):
         ro.sample(-1.0, torch.Generator())
+
+
+def _replica_frames(rot, trans, k, t):
+    """A distinct history per replica: replica k starts k frames later."""
+    return rot[t + k], trans[t + k]
+
+
+def test_replicas_reproduce_single_runs_and_share_one_pass_per_step(cln025):
+    rot, trans, feats = cln025
+    net = randomised(ctx_tau_inference=0.05)
+    R, steps, seeds = 3, 3, (5, 9, 2)
+    batch = Rollout(net, feats, num_steps=steps, replicas=R)
+    singles = [Rollout(net, feats, num_steps=steps) for _ in range(R)]
+    gens = [torch.Generator().manual_seed(s) for s in seeds]
+    single_gens = [torch.Generator().manual_seed(s) for s in seeds]
+    for t in range(3):
+        frames = [_replica_frames(rot, trans, k, t) for k in range(R)]
+        batch.push(torch.stack([f[0] for f in frames]), torch.stack([f[1] for f in frames]))
+        for k, ro in enumerate(singles):
+            ro.push(*frames[k])
+    calls = []
+    hook = net.blocks[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    for _ in range(2):  # two jumps; each draw is fed back as the next frame
+        b_rot, b_trans = batch.sample(100.0, gens)
+        batch.push(b_rot, b_trans)
+        for k, ro in enumerate(singles):
+            s_rot, s_trans = ro.sample(100.0, single_gens[k])
+            ro.push(s_rot, s_trans)
+            torch.testing.assert_close(b_rot[k], s_rot, atol=2e-5, rtol=0)
+            torch.testing.assert_close(b_trans[k], s_trans, atol=2e-5, rtol=0)
+    hook.remove()
+    # per jump: one batched forward per sampler step and one push, then R single runs of steps + 1 each
+    assert calls == 2 * ([R] * (steps + 1) + [1] * (R * (steps + 1)))
+    assert not torch.allclose(b_trans[0], b_trans[1], atol=1e-3)  # replicas differ
+    assert batch.counts == [5, 5, 5]
+
+
+def test_replicas_with_unequal_histories_are_grouped_and_stay_exact(cln025):
+    """A replica that retried with half jumps has one frame more: sampled in its own pass, still exact."""
+    rot, trans, feats = cln025
+    net = randomised()
+    batch = Rollout(net, feats, num_steps=2, replicas=3)
+    singles = [Rollout(net, feats, num_steps=2) for _ in range(3)]
+    batch.push(rot[:3], trans[:3])
+    batch.push(rot[3:4], trans[3:4], replicas=[1])  # replica 1 only
+    batch.push(rot[4:6], trans[4:6], replicas=[2, 0])  # in the order of the list
+    batch.push(rot[7:8], trans[7:8], replicas=[1])
+    for ro, frames in zip(singles, [(0, 5), (1, 3, 7), (2, 4)], strict=True):
+        for t in frames:
+            ro.push(rot[t], trans[t])
+    assert batch.counts == [2, 3, 2]
+    calls = []
+    hook = net.blocks[0].register_forward_hook(lambda m, i, o: calls.append(i[0].shape[0]))
+    got = batch.sample([10.0, 5.0, 10.0], [torch.Generator().manual_seed(k) for k in range(3)])
+    hook.remove()
+    assert sorted(calls) == [1, 1, 2, 2]  # two groups (history lengths 2 and 3), 2 steps each
+    for k, dt in enumerate([10.0, 5.0, 10.0]):
+        want = singles[k].sample(dt, torch.Generator().manual_seed(k))
+        torch.testing.assert_close(got[0][k], want[0], atol=2e-5, rtol=0)
+        torch.testing.assert_close(got[1][k], want[1], atol=2e-5, rtol=0)
+    part = batch.sample(10.0, [torch.Generator().manual_seed(2)], replicas=[2])
+    torch.testing.assert_close(part[1][0], got[1][2], atol=2e-5, rtol=0)
+
+
+def test_replica_state_dict_resumes_every_replica_exactly(cln025):
+    rot, trans, feats = cln025
+    net = randomised(ctx_tau_inference=0.05)
+    ro = Rollout(net, feats, num_steps=2, replicas=2)
+    ro.push(rot[:2], trans[:2])
+    ro.push(rot[2:3], trans[2:3], replicas=[0])
+    resumed = Rollout(net, feats, num_steps=2, replicas=2)
+    resumed.load_state_dict(ro.state_dict())
+    assert resumed.counts == [2, 1]
+    for r in (ro, resumed):
+        r.push(rot[3:5], trans[3:5])
+    a = ro.sample(50.0, [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)])
+    b = resumed.sample(50.0, [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)])
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    with pytest.raises(StarMDError, match="replicas"):
+        Rollout(net, feats, replicas=3).load_state_dict(ro.state_dict())
+    with pytest.raises(StarMDError, match="replicas"):
+        Rollout(net, feats).load_state_dict(ro.state_dict())
+
+
+def test_replica_arguments_are_validated(cln025):
+    rot, trans, feats = cln025
+    net = randomised()
+    ro = Rollout(net, feats, num_steps=2, replicas=2)
+    with pytest.raises(StarMDError, match=r"\[2,10,3,3\]"):
+        ro.push(rot[0], trans[0])
+    with pytest.raises(StarMDError, match="distinct"):
+        ro.push(rot[:2], trans[:2], replicas=[0, 0])
+    with pytest.raises(StarMDError, match="distinct"):
+        ro.push(rot[:1], trans[:1], replicas=[2])
+    ro.push(rot[:2], trans[:2])
+    with pytest.raises(StarMDError, match="one generator"):
+        ro.sample(10.0, [torch.Generator()])
+    with pytest.raises(StarMDError, match="Generator"):
+        ro.sample(10.0, [torch.Generator(), "seed"])
+    with pytest.raises(StarMDError, match="replicas=R"):
+        Rollout(net, feats).push(rot[0], trans[0], replicas=[0])
+    with pytest.raises(StarMDError, match="replicas must be"):
+        Rollout(net, feats, replicas=0)
+
+
+def test_rollout_makes_every_tensor_on_the_model_device(cln025):
+    """No tensor factory without device= and no result off the model's device (tests/devicecheck.py)."""
+    from devicecheck import DeviceCheck
+
+    rot, trans, feats = cln025
+    net = randomised(ctx_tau_inference=0.05)
+    with DeviceCheck("cpu") as check:
+        ro = Rollout(net, feats, num_steps=2, replicas=2)
+        ro.push(rot[:2], trans[:2])
+        ro.push(rot[2:4], trans[2:4])
+        ro.push(rot[4:5], trans[4:5], replicas=[1])
+        ro.sample([10.0, 5.0], [torch.Generator().manual_seed(0), torch.Generator().manual_seed(1)])
+        Rollout(net, feats, num_steps=2, replicas=2).load_state_dict(ro.state_dict())
+        single = Rollout(net, feats, num_steps=2)
+        single.push(rot[0], trans[0])
+        single.sample(10.0, torch.Generator().manual_seed(0))
+    assert check.checked > 1000  # the check saw the package's calls
+
+
+def test_device_check_flags_implicit_factories_and_off_device_results():
+    from devicecheck import DeviceCheck
+
+    outside = torch.ones(3)
+    with pytest.raises(AssertionError, match=r"torch\.zeros without device="):
+        with DeviceCheck("cpu", roots=[__file__]):
+            torch.zeros(3)
+    with DeviceCheck("cpu", roots=[__file__]):
+        torch.zeros(3, device="cpu") + outside
+    # on an accelerator the same computation would be off the model's device ("meta" stands in for it)
+    with pytest.raises(AssertionError, match="result on cpu, expected meta"):
+        with DeviceCheck("meta", roots=[__file__]):
+            outside * 2
+    with DeviceCheck("meta", roots=[__file__]):  # deliberate host work is allowed
+        (torch.arange(4, device="cpu") * 2.0).tolist()
+        outside.to("cpu", copy=True)

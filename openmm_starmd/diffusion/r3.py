@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import torch
 
+from openmm_starmd.diffusion.noise import Generators, randn
 from openmm_starmd.diffusion.schedule import VPSchedule
 
 
@@ -20,7 +21,7 @@ class R3Diffuser:
         self.schedule = VPSchedule(beta_min, beta_max)
 
     def add_noise(
-        self, x0: torch.Tensor, tau: torch.Tensor, generator: torch.Generator
+        self, x0: torch.Tensor, tau: torch.Tensor, generator: Generators
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Sample ``x_τ = α x0 + σ ε``.
 
@@ -36,7 +37,7 @@ class R3Diffuser:
         x_tau, eps
             Both ``[..., 3]``.
         """
-        eps = torch.randn(x0.shape, generator=generator, dtype=x0.dtype, device=x0.device)
+        eps = randn(tuple(x0.shape), generator, x0.dtype, x0.device)
         alpha = self.schedule.alpha(tau)[..., None]
         sigma = self.schedule.sigma(tau)[..., None]
         return alpha * x0 + sigma * eps, eps
@@ -47,9 +48,10 @@ class R3Diffuser:
         sigma2 = self.schedule.sigma(tau)[..., None] ** 2
         return -(x_tau - alpha * x0) / sigma2
 
-    def prior(self, shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
-        """Standard normal ``[*shape, 3]``: the τ = 1 distribution."""
-        return torch.randn(*shape, 3, generator=generator, device=device)
+    def prior(self, shape: tuple[int, ...], generator: Generators, device: torch.device | str) -> torch.Tensor:
+        """Standard normal ``[*shape, 3]``: the τ = 1 distribution (one generator per ``shape[0]`` element
+        or one for all)."""
+        return randn((*shape, 3), generator, torch.float32, device)
 
     def reverse_step(
         self,
@@ -57,7 +59,7 @@ class R3Diffuser:
         x0_hat: torch.Tensor,
         tau: float,
         d_tau: float,
-        generator: torch.Generator,
+        generator: Generators,
         deterministic: bool = False,
         method: str = "exponential",
     ) -> torch.Tensor:
@@ -86,19 +88,20 @@ class R3Diffuser:
         score = self.score(x, x0_hat, t)
         if deterministic:
             return x + (0.5 * beta * x + 0.5 * beta * score) * d_tau
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        z = randn(tuple(x.shape), generator, x.dtype, x.device)
         return x + (0.5 * beta * x + beta * score) * d_tau + torch.sqrt(beta * d_tau) * z
 
     def _exponential_step(
-        self, x: torch.Tensor, x0_hat: torch.Tensor, tau: float, d_tau: float, generator: torch.Generator,
+        self, x: torch.Tensor, x0_hat: torch.Tensor, tau: float, d_tau: float, generator: Generators,
         deterministic: bool,
     ) -> torch.Tensor:
-        t = torch.tensor([tau, tau - d_tau], dtype=torch.float64)
+        # Scalar schedule values, computed on the host on purpose (Python floats, no device sync).
+        t = torch.tensor([tau, tau - d_tau], dtype=torch.float64, device="cpu")
         a, s = self.schedule.alpha(t).tolist(), self.schedule.sigma(t).tolist()
         if deterministic:
             return a[1] * x0_hat + s[1] * (x - a[0] * x0_hat) / s[0]
         a_step = a[0] / a[1]
         var_step = s[0] ** 2 - a_step**2 * s[1] ** 2
         mean = (a_step * s[1] ** 2 * x + a[1] * var_step * x0_hat) / s[0] ** 2
-        z = torch.randn(x.shape, generator=generator, dtype=x.dtype, device=x.device)
+        z = randn(tuple(x.shape), generator, x.dtype, x.device)
         return mean + (var_step * s[1] ** 2 / s[0] ** 2) ** 0.5 * z

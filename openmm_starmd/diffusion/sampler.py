@@ -12,6 +12,7 @@ from collections.abc import Callable
 
 import torch
 
+from openmm_starmd.diffusion.noise import Generators
 from openmm_starmd.diffusion.r3 import R3Diffuser
 from openmm_starmd.diffusion.so3 import SO3Diffuser
 from openmm_starmd.model.config import ModelConfig
@@ -36,7 +37,7 @@ def sample_relative(
     denoise: Denoiser,
     shape: tuple[int, ...],
     diffusion: FrameDiffusion,
-    generator: torch.Generator,
+    generator: Generators,
     device: torch.device | str = "cpu",
     num_steps: int | None = None,
     deterministic: bool | None = None,
@@ -52,7 +53,9 @@ def sample_relative(
     diffusion
         The processes and their configuration.
     generator
-        Source of all randomness (prior and Euler–Maruyama noise).
+        Source of all randomness (prior and Euler–Maruyama noise): one generator, or one per element of
+        ``shape[0]`` (element b then draws exactly what a run of shape ``(1, *shape[1:])`` with
+        ``generator[b]`` would).
     num_steps
         Network evaluations (default ``config.num_sampler_steps``); the last one's clean prediction is
         returned.
@@ -68,7 +71,7 @@ def sample_relative(
     cfg = diffusion.config
     steps = cfg.num_sampler_steps if num_steps is None else int(num_steps)
     det = cfg.deterministic_sampler if deterministic is None else bool(deterministic)
-    u = torch.linspace(0.0, 1.0, steps, dtype=torch.float64)
+    u = torch.linspace(0.0, 1.0, steps, dtype=torch.float64, device="cpu")  # host floats on purpose
     taus = (cfg.tau_min + (1.0 - cfg.tau_min) * (1.0 - u) ** cfg.sampler_time_power).tolist()
     rot = diffusion.so3.prior(shape, generator, device)
     x = diffusion.r3.prior(shape, generator, device)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from openmm_starmd.diffusion.noise import Generators, igso3_sample, randn
 from openmm_starmd.diffusion.schedule import LogSigmaSchedule
 from openmm_starmd.frames.igso3 import IGSO3, log_f_and_score
 from openmm_starmd.frames.rigid import so3_exp, so3_log
@@ -37,7 +38,7 @@ class SO3Diffuser:
         self.igso3 = shared_igso3(sigma_min, sigma_max)
 
     def add_noise(
-        self, rot0: torch.Tensor, tau: torch.Tensor, generator: torch.Generator
+        self, rot0: torch.Tensor, tau: torch.Tensor, generator: Generators
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Noisy rotations ``R0 exp(ω)`` ``[..., 3, 3]`` and the noise rotation vectors ω ``[..., 3]``.
 
@@ -48,7 +49,7 @@ class SO3Diffuser:
         tau
             ``[...]`` diffusion times.
         """
-        omega = self.igso3.sample(self.schedule.sigma(tau).expand(rot0.shape[:-2]).contiguous(), generator)
+        omega = igso3_sample(self.igso3, self.schedule.sigma(tau).expand(rot0.shape[:-2]).contiguous(), generator)
         return rot0 @ so3_exp(omega), omega
 
     def score(self, rot_tau: torch.Tensor, rot0: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
@@ -72,10 +73,11 @@ class SO3Diffuser:
         """``E|score|²`` ``[...]`` at ``tau``, for loss normalisation."""
         return self.igso3.score_norm(self.schedule.sigma(tau))
 
-    def prior(self, shape: tuple[int, ...], generator: torch.Generator, device: torch.device | str) -> torch.Tensor:
-        """Rotations ``[*shape, 3, 3]`` from IGSO(3)(σ_max): the τ = 1 distribution."""
+    def prior(self, shape: tuple[int, ...], generator: Generators, device: torch.device | str) -> torch.Tensor:
+        """Rotations ``[*shape, 3, 3]`` from IGSO(3)(σ_max): the τ = 1 distribution (one generator per
+        ``shape[0]`` element or one for all)."""
         sigma = torch.full(shape, self.schedule.sigma_max, device=device)
-        return so3_exp(self.igso3.sample(sigma, generator))
+        return so3_exp(igso3_sample(self.igso3, sigma, generator))
 
     def reverse_step(
         self,
@@ -83,7 +85,7 @@ class SO3Diffuser:
         rot0_hat: torch.Tensor,
         tau: float,
         d_tau: float,
-        generator: torch.Generator,
+        generator: Generators,
         deterministic: bool = False,
     ) -> torch.Tensor:
         """One geodesic Euler–Maruyama (or probability-flow) step from τ to τ − ``d_tau``.
@@ -99,6 +101,6 @@ class SO3Diffuser:
         if deterministic:
             step = 0.5 * g2 * score * d_tau
         else:
-            z = torch.randn(rot.shape[:-1], generator=generator, dtype=rot.dtype, device=rot.device)
+            z = randn(tuple(rot.shape[:-1]), generator, rot.dtype, rot.device)
             step = g2 * score * d_tau + torch.sqrt(g2 * d_tau) * z
         return rot @ so3_exp(step)

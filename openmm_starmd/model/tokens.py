@@ -60,15 +60,30 @@ def perturb_frames(
     tau
         ``[B, F]`` noise levels.
     """
-    B, F, N = trans.shape[:3]
+    omega, local = frame_noise(diffusion, tau, trans.shape[2], generator, scale, trans.dtype)
+    return apply_frame_noise(rot, trans, omega, local)
+
+
+def frame_noise(
+    diffusion: FrameDiffusion, tau: torch.Tensor, num_residues: int, generator: torch.Generator, scale: float,
+    dtype: torch.dtype = torch.float32,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """The draws of :func:`perturb_frames` for ``tau`` ``[B, F]``: rotation vectors ``[B, F, N, 3]`` (rad) and
+    local displacements ``[B, F, N, 3]`` nm, zero where ``tau == 0``. Drawn on ``tau``'s device."""
+    B, F = tau.shape
     sig_rot, _, sig_tr = diffusion.sigmas(tau.clamp_min(1e-4))
     on = (tau > 0)[:, :, None]
-    omega = diffusion.so3.igso3.sample(sig_rot[:, :, None].expand(B, F, N).contiguous(), generator)
-    eps = torch.randn(B, F, N, 3, generator=generator, device=trans.device, dtype=trans.dtype)
-    omega = omega * on[..., None]
-    noisy_rot = rot @ so3_exp(omega)
-    local = eps * (sig_tr[:, :, None, None] * on[..., None] / scale)
-    return noisy_rot, trans + torch.einsum("...ij,...j->...i", rot, local)
+    omega = diffusion.so3.igso3.sample(sig_rot[:, :, None].expand(B, F, num_residues).contiguous(), generator)
+    eps = torch.randn(B, F, num_residues, 3, generator=generator, device=tau.device, dtype=dtype)
+    return omega * on[..., None], eps * (sig_tr[:, :, None, None] * on[..., None] / scale)
+
+
+def apply_frame_noise(
+    rot: torch.Tensor, trans: torch.Tensor, omega: torch.Tensor, local: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Frames ``rot`` ``[..., N, 3, 3]``, ``trans`` ``[..., N, 3]`` nm moved by :func:`frame_noise` draws
+    (``omega``, ``local`` ``[..., N, 3]``, broadcast against the frames)."""
+    return rot @ so3_exp(omega), trans + torch.einsum("...ij,...j->...i", rot, local)
 
 
 def clean_inputs(
