@@ -20,6 +20,7 @@ __version__ = "0.1.0"
 # public name -> module that defines it
 _LAZY = {
     "StarMDSimulation": "openmm_starmd.simulation.hybrid",
+    "StarMDEnsemble": "openmm_starmd.simulation.ensemble",
     "StarMDForce": "openmm_starmd.forces",
     "load_model": "openmm_starmd.model.checkpoint",
     "resolve_proposer": "openmm_starmd.simulation.proposer",
@@ -30,13 +31,14 @@ _LAZY = {
 if TYPE_CHECKING:
     from openmm_starmd.forces import StarMDForce
     from openmm_starmd.model.checkpoint import load_model
+    from openmm_starmd.simulation.ensemble import StarMDEnsemble
     from openmm_starmd.simulation.guards import GuardSettings
     from openmm_starmd.simulation.hybrid import StarMDSimulation
     from openmm_starmd.simulation.proposer import resolve_proposer
     from openmm_starmd.simulation.relax import RelaxSettings
 
-__all__ = ["GuardSettings", "RelaxSettings", "StarMDError", "StarMDForce", "StarMDSimulation", "__version__",
-           "load_model", "resolve_proposer"]
+__all__ = ["GuardSettings", "RelaxSettings", "StarMDEnsemble", "StarMDError", "StarMDForce", "StarMDSimulation",
+           "__version__", "load_model", "resolve_proposer"]
 
 
 def __getattr__(name: str) -> Any:

@@ -163,6 +163,9 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature", type=float, default=300.0, help="temperature in K (default 300)")
     p.add_argument("--device", default="auto",
                    help="where the model runs: auto (a GPU when there is one), cpu, cuda or cuda:K (default auto)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="independent trajectories, seeds SEED..SEED+R-1, the model batched over them; R > 1 writes "
+                        "traj_R{k}.xtc and log_R{k}.csv per replica (default 1)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run (settings from run.json)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder's files")
@@ -181,6 +184,7 @@ def _run_simulate(args: argparse.Namespace) -> None:
         jump_ps=parse_time(args.jump, "--jump"), model=args.model, relax=RelaxSettings(time_ps=relax_ps),
         seed=args.seed, platform=args.platform, forcefield=args.forcefield, temperature_k=args.temperature,
         overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress, device=args.device,
+        replicas=args.replicas,
     )
     print(f"wrote {folder}")
 

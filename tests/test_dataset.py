@@ -16,6 +16,7 @@ from openmm_starmd.data import (
     featurize_topology,
     find_atlas_folders,
 )
+from openmm_starmd.data.featurize import CHAIN_INDEX_GAP
 from openmm_starmd.errors import StarMDError
 from openmm_starmd.frames import protein, rigid
 
@@ -218,5 +219,6 @@ def test_featurize_openmm_and_mdtraj_agree():
             top.addResidue(resname, chain, id=rid)
     f = featurize_topology(top)
     assert f.residue_type.tolist() == [8, UNKNOWN_RESIDUE, 0, UNKNOWN_RESIDUE]
-    assert f.residue_index.tolist() == [0, 1, 4, 0] and f.chain_index.tolist() == [0, 0, 0, 1]
+    # A new chain starts CHAIN_INDEX_GAP further on: the network tells chains apart by the residue index.
+    assert f.residue_index.tolist() == [0, 1, 4, 4 + CHAIN_INDEX_GAP] and f.chain_index.tolist() == [0, 0, 0, 1]
     assert f.chain_break.tolist() == [True, False, True, True] and not f.residue_mask.any()

@@ -19,6 +19,7 @@ from openmm_starmd.frames.protein import (
 )
 
 __all__ = [
+    "CHAIN_INDEX_GAP",
     "NUM_RESIDUE_TYPES",
     "UNKNOWN_RESIDUE",
     "ProteinFeatures",
@@ -32,6 +33,11 @@ __all__ = [
 ]
 
 UNKNOWN_RESIDUE = len(RESIDUE_NAMES)  # 20: caps, ligands, water, non-standard residues
+# Added to the residue index at every new chain: the network sees chain identity only through the residue
+# index (rotary positions) and chain_break, so residues of different chains must look far apart in
+# sequence, farther than any two residues of one chain it was trained on (the linker trick of AlphaFold
+# users for complexes).
+CHAIN_INDEX_GAP = 200
 NUM_RESIDUE_TYPES = UNKNOWN_RESIDUE + 1
 _TYPE_OF = {name: i for i, name in enumerate(RESIDUE_NAMES)}
 
@@ -50,8 +56,8 @@ class ProteinFeatures:
     residue_type
         LongTensor ``[N]``: 0-19 in the order of ``RESIDUE_NAMES``, 20 = unknown.
     residue_index
-        LongTensor ``[N]``: position in its chain counted from 0, numbering gaps kept (residues 1, 2, 5
-        give 0, 1, 4).
+        LongTensor ``[N]``: sequence position counted from 0, numbering gaps kept (residues 1, 2, 5 give
+        0, 1, 4); each new chain starts :data:`CHAIN_INDEX_GAP` after the last residue of the previous one.
     chain_index
         LongTensor ``[N]``: chain of each residue (0-based, topology order).
     chain_break
@@ -92,19 +98,22 @@ def featurize_topology(topology) -> ProteinFeatures:
     """Features of every residue of an OpenMM ``Topology`` or an ``mdtraj.Topology``."""
     records = residue_records(topology)
     breaks = chain_breaks(records)
-    index = []
+    index: list[int] = []
     for i, rec in enumerate(records):
-        if breaks[i] and (i == 0 or records[i - 1].chain_index != rec.chain_index):
+        if i == 0:
             index.append(0)
+        elif records[i - 1].chain_index != rec.chain_index:
+            index.append(index[-1] + CHAIN_INDEX_GAP)
         elif rec.resseq is not None and records[i - 1].resseq is not None:
             index.append(index[-1] + max(rec.resseq - records[i - 1].resseq, 1))
         else:
             index.append(index[-1] + 1)
     _, residue_mask = backbone_atom_indices(topology)
+    # Host tables: a Rollout or a data loader moves them to the model's device.
     return ProteinFeatures(
-        residue_type=torch.tensor([residue_type_index(r.name) for r in records], dtype=torch.long),
-        residue_index=torch.tensor(index, dtype=torch.long),
-        chain_index=torch.tensor([r.chain_index for r in records], dtype=torch.long),
+        residue_type=torch.tensor([residue_type_index(r.name) for r in records], dtype=torch.long, device="cpu"),
+        residue_index=torch.tensor(index, dtype=torch.long, device="cpu"),
+        chain_index=torch.tensor([r.chain_index for r in records], dtype=torch.long, device="cpu"),
         chain_break=breaks,
         residue_mask=residue_mask,
     )
@@ -116,7 +125,7 @@ def residue_type(topology) -> torch.Tensor:
 
 
 def residue_index(topology) -> torch.Tensor:
-    """LongTensor ``[N]``: position in the chain from 0, numbering gaps kept; see :class:`ProteinFeatures`."""
+    """LongTensor ``[N]``: sequence position from 0 with numbering and chain gaps; see :class:`ProteinFeatures`."""
     return featurize_topology(topology).residue_index
 
 

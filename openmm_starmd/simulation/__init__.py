@@ -8,6 +8,7 @@ Typical use::
     sim.step(1000)          # 1000 jumps = 1 µs
 """
 
+from openmm_starmd.simulation.ensemble import StarMDEnsemble
 from openmm_starmd.simulation.guards import GuardSettings
 from openmm_starmd.simulation.hybrid import JumpIntegrator, JumpRejectedError, StarMDSimulation
 from openmm_starmd.simulation.proposer import (
@@ -34,6 +35,7 @@ __all__ = [
     "Proposer",
     "ProposerFactory",
     "RelaxSettings",
+    "StarMDEnsemble",
     "StarMDProposer",
     "StarMDProposerFactory",
     "StarMDSimulation",

@@ -319,26 +319,12 @@ class StarMDSimulation(app.Simulation):
         return state.getPositions(asNumpy=True).value_in_unit(u.nanometer), energy, None
 
     # ------------------------------------------------------------------------- checkpoints
-    def _checkpoint_blob(self) -> bytes:
-        tensors = {
-            "openmm": torch.frombuffer(bytearray(self.context.createCheckpoint()), dtype=torch.uint8),
-            "rng": self.generator.get_state(),
-        }
-        proposer_plain: dict[str, Any] = {}
-        if self.started:
-            proposer_tensors, proposer_plain = blob.split_state(self.proposer.state_dict(), "proposer.")
-            tensors.update(proposer_tensors)
-            tensors["chirality"] = torch.as_tensor(self.guard.reference_chirality)
-        meta = {"jump_ps": self.jump_ps, "started": self.started, "proposer": proposer_plain,
-                **self.totals.to_dict()}
-        return blob.pack(tensors, meta)
-
     def saveCheckpoint(self, file: str | os.PathLike | Any) -> None:
         """Save the exact state: OpenMM checkpoint, proposer history, random-number state, counters.
 
         ``file`` is a path (written atomically) or a binary file object.
         """
-        data = self._checkpoint_blob()
+        data = blob.pack(*blob.simulation_parts(self))
         if isinstance(file, (str, os.PathLike)):
             with atomic_write(file, "wb") as handle:
                 handle.write(data)
@@ -347,26 +333,7 @@ class StarMDSimulation(app.Simulation):
 
     def loadCheckpoint(self, file: str | os.PathLike | Any) -> None:
         """Load a file written by :meth:`saveCheckpoint`; the run then continues exactly."""
-        if isinstance(file, (str, os.PathLike)):
-            if not os.path.exists(file):
-                raise StarMDError(f"checkpoint {file} not found: check the path")
-            with open(file, "rb") as handle:
-                data = handle.read()
-        else:
-            data = file.read()
-        tensors, meta = blob.unpack(data)
-        if abs(meta["jump_ps"] - self.jump_ps) > 1e-9 * self.jump_ps:
-            raise StarMDError(f"checkpoint was written with a {meta['jump_ps']:g} ps jump, this simulation "
-                              f"jumps {self.jump_ps:g} ps: use the same jump to resume")
-        self.context.loadCheckpoint(tensors["openmm"].numpy().tobytes())
-        self.generator.set_state(tensors["rng"].cpu())
-        self.started = bool(meta["started"])
-        if self.started:
-            self.proposer.load_state_dict(blob.join_state(tensors, meta["proposer"], "proposer."))
-            self.guard.reference_chirality = tensors["chirality"].numpy()
-        else:
-            self.proposer.reset()
-        self.totals = CycleStats.from_dict(meta)
+        blob.restore_simulation(self, *blob.unpack(blob.read_bytes(file)))
 
     def loadState(self, file: str | Any) -> None:
         """Load an OpenMM State (portable, no proposer history): the history restarts from it."""

@@ -31,6 +31,7 @@ from openmm_starmd.analysis.validity import frame_validity
 from openmm_starmd.atomic import atomic_write, atomic_write_json, check_output_dir, temporary_path
 from openmm_starmd.errors import StarMDError
 from openmm_starmd.model.checkpoint import DEFAULT_MODEL, resolve_device
+from openmm_starmd.simulation.ensemble import StarMDEnsemble
 from openmm_starmd.simulation.guards import GuardSettings
 from openmm_starmd.simulation.hybrid import JumpRejectedError, StarMDSimulation
 from openmm_starmd.simulation.proposer import available_proposers, resolve_proposer
@@ -41,12 +42,21 @@ from openmm_starmd.units import format_time, ns_per_day
 FILES = ("topology.pdb", "traj.xtc", "log.csv", "checkpoint.chk", "run.json")
 
 
+def member_files(out: Path, replicas: int, k: int) -> tuple[Path, Path]:
+    """Trajectory and log of replica ``k``: traj.xtc and log.csv for one replica, traj_R{k}.xtc and
+    log_R{k}.csv for an ensemble."""
+    if replicas == 1:
+        return out / "traj.xtc", out / "log.csv"
+    return out / f"traj_R{k}.xtc", out / f"log_R{k}.csv"
+
+
 class ProgressReporter:
     """tqdm bar over jumps showing simulated ns/day (OpenMM reporter protocol)."""
 
-    def __init__(self, total: int, initial: int, jump_ps: float) -> None:
+    def __init__(self, total: int, initial: int, jump_ps: float, rejections: Any) -> None:
         self._bar = tqdm(total=total, initial=initial, unit="jump", dynamic_ncols=True)
         self._jump_ps = jump_ps
+        self._rejections = rejections  # () -> rejected proposals of the whole run
         self._start = time.perf_counter()
         self._done = 0
 
@@ -56,7 +66,7 @@ class ProgressReporter:
     def report(self, simulation: app.Simulation, state: Any) -> None:
         self._done += 1
         rate = ns_per_day(self._done * self._jump_ps, time.perf_counter() - self._start)
-        self._bar.set_postfix_str(f"{rate:,.0f} ns/day, {sum(simulation.rejections.values())} rejected")
+        self._bar.set_postfix_str(f"{rate:,.0f} ns/day, {self._rejections()} rejected")
         self._bar.update(1)
 
     def close(self) -> None:
@@ -148,6 +158,7 @@ def run_simulation(
     resume: bool = False,
     progress: bool = True,
     device: str | None = "auto",
+    replicas: int = 1,
 ) -> Path:
     """Run (or resume) a hybrid simulation into the run folder ``output``.
 
@@ -178,6 +189,10 @@ def run_simulation(
     device
         Where the model runs: ``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:k``. Not a
         setting of the trajectory: a resumed run may use another device.
+    replicas
+        Independent trajectories (seeds ``seed`` … ``seed + replicas - 1``), the model batched over them
+        (:class:`~openmm_starmd.simulation.ensemble.StarMDEnsemble`); more than one writes
+        ``traj_R{k}.xtc`` and ``log_R{k}.csv`` per replica, one ``checkpoint.chk`` and one ``run.json``.
 
     Returns
     -------
@@ -194,12 +209,14 @@ def run_simulation(
         jump_ps, model, seed = settings["jump_ps"], settings["model"], settings["seed"]
         platform, forcefield = settings["platform"], settings["forcefield"]["name"]
         temperature_k, relax = settings["temperature_k"], RelaxSettings(**settings["relax"])
-        input_path = settings["input"]
+        input_path, replicas = settings["input"], int(settings.get("replicas", 1))
         pdb_text = (out / "topology.pdb").read_text(encoding="utf-8")
     else:
         check_output_dir(out, overwrite)
         relax = relax if relax is not None else RelaxSettings()
     total = _check_scalars(time_ps, jump_ps, temperature_k, seed)
+    if not (isinstance(replicas, int) and replicas >= 1):
+        raise StarMDError(f"--replicas must be a whole number of at least 1, got {replicas}")
     torch_device = resolve_device(device)
     get_preset(forcefield)
     fastest_platform(platform)
@@ -209,72 +226,109 @@ def run_simulation(
     # A fresh run starts from the PDB text it writes, so a resumed run builds exactly the same System.
     topology, positions = _read_pdb(pdb_text)
     system, topology, positions = build_system(topology, positions, forcefield)
-    sim = StarMDSimulation(topology, system, resolve_proposer(model, topology, device=torch_device), jump=jump_ps,
-                           relax=relax, guards=GuardSettings(), platform=platform, seed=seed,
-                           temperature=temperature_k)
+    common = {"jump": jump_ps, "relax": relax, "guards": GuardSettings(), "platform": platform, "seed": seed,
+              "temperature": temperature_k}
+    if replicas == 1:
+        sim = StarMDSimulation(topology, system, resolve_proposer(model, topology, device=torch_device), **common)
+        members, ensemble = [sim], None
+    else:
+        ensemble = StarMDEnsemble(topology, system, model, replicas=replicas, device=torch_device, **common)
+        members = ensemble.simulations
     if not resume:  # every check passed: now the folder is written
         model = _model_setting(model)
         out.mkdir(parents=True, exist_ok=True)
         for name in FILES:
             (out / name).unlink(missing_ok=True)
+        for old in [*out.glob("traj_R*.xtc"), *out.glob("log_R*.csv")]:
+            old.unlink()
         with atomic_write(out / "topology.pdb") as handle:
             handle.write(pdb_text)
     start_nm = np.asarray(positions.value_in_unit(u.nanometer))
-    done = 0
-    if resume and (out / "checkpoint.chk").exists():
-        sim.loadCheckpoint(out / "checkpoint.chk")
-        done = sim.currentStep
+    checkpoint = out / "checkpoint.chk"
+    if resume and checkpoint.exists():
+        (members[0] if ensemble is None else ensemble).loadCheckpoint(checkpoint)
     else:
-        sim.context.setPositions(positions)
-    _truncate_xtc(out / "traj.xtc", done)
-    _truncate_log(out / "log.csv", done)
+        for sim in members:
+            sim.context.setPositions(positions)
+    done = [sim.currentStep for sim in members]
+    for k in range(replicas):
+        xtc, log_path = member_files(out, replicas, k)
+        _truncate_xtc(xtc, done[k])
+        _truncate_log(log_path, done[k])
     settings = {"input": str(Path(input_path).resolve()) if input_path else None,
-                "time_ps": total * jump_ps, "jump_ps": jump_ps, "model": model, "seed": seed,
-                "platform": sim.context.getPlatform().getName(),
+                "time_ps": total * jump_ps, "jump_ps": jump_ps, "model": model, "seed": seed, "replicas": replicas,
+                "platform": members[0].context.getPlatform().getName(),
                 "forcefield": get_preset(forcefield).describe(),
                 "temperature_k": temperature_k, "relax": relax.describe(),
-                "guards": sim.guard_settings.describe(), "proposer": type(sim.proposer).__name__}
-    record: dict[str, Any] = {"settings": settings, "device": str(sim.device), "versions": _versions(),
-                              "status": "running", "jumps_done": done, "jumps_total": total}
+                "guards": members[0].guard_settings.describe(), "proposer": type(members[0].proposer).__name__}
+    record: dict[str, Any] = {"settings": settings, "device": str(members[0].device), "versions": _versions(),
+                              "status": "running", "jumps_done": sum(done), "jumps_total": total * replicas}
     atomic_write_json(out / "run.json", record)
 
-    xtc_exists = (out / "traj.xtc").exists()
-    log = JumpLogReporter(out / "log.csv", 1, start_nm, topology, append=done > 0)
-    bar = ProgressReporter(total, done, jump_ps) if progress else None
-    sim.reporters += [app.XTCReporter(str(out / "traj.xtc"), 1, append=xtc_exists), log,
-                      app.CheckpointReporter(str(out / "checkpoint.chk"), 1)]
-    if bar is not None:
-        sim.reporters.append(bar)
+    logs = []
+    bar = ProgressReporter(total * replicas, sum(done), jump_ps,
+                           lambda: sum(sum(sim.rejections.values()) for sim in members)) if progress else None
+    for k, sim in enumerate(members):
+        xtc, log_path = member_files(out, replicas, k)
+        logs.append(JumpLogReporter(log_path, 1, start_nm, topology, append=done[k] > 0))
+        sim.reporters += [app.XTCReporter(str(xtc), 1, append=xtc.exists()), logs[-1]]
+        if bar is not None:
+            sim.reporters.append(bar)
+    if ensemble is None:
+        members[0].reporters.append(app.CheckpointReporter(str(checkpoint), 1))
     wall = time.perf_counter()
     status = "interrupted"
     try:
-        sim.step(max(total - done, 0))
-        status = "complete"
+        if ensemble is None:
+            members[0].step(max(total - done[0], 0))
+        else:
+            while ensemble.running(total):
+                ensemble.run_until(total)
+                ensemble.saveCheckpoint(checkpoint)
+        status = "failed" if ensemble is not None and ensemble.failed else "complete"
     except JumpRejectedError:
         status = "failed"
         raise
     finally:
         wall = time.perf_counter() - wall
-        log.close()
+        for log in logs:
+            log.close()
         if bar is not None:
             bar.close()
-        speed = sim.speed()
+        steps = [sim.currentStep for sim in members]
+        summary = members[0] if ensemble is None else ensemble
+        speed = summary.speed()
         speed["session_wall_s"] = wall
-        speed["session_ns_per_day"] = ns_per_day((sim.currentStep - done) * jump_ps, wall)
-        record.update(status=status, jumps_done=sim.currentStep, rejections=sim.rejections,
-                      halvings=sim.halvings, speed=speed,
-                      validity=_validity(sim.validity(), out / "traj.xtc", topology))
+        speed["session_ns_per_day"] = ns_per_day((sum(steps) - sum(done)) * jump_ps, wall)
+        record.update(status=status, jumps_done=sum(steps), speed=speed,
+                      rejections=_sum_counts([sim.rejections for sim in members]),
+                      halvings=sum(sim.halvings for sim in members),
+                      validity=_validity(summary.validity(), [member_files(out, replicas, k)[0]
+                                                              for k in range(replicas)], topology))
+        if ensemble is not None:
+            record["members"] = [{"replica": k, "seed": seed + k, "jumps_done": steps[k],
+                                  "trajectory": member_files(out, replicas, k)[0].name,
+                                  "status": "failed" if k in ensemble.failed else status,
+                                  "error": ensemble.failed.get(k), "validity": sim.validity(),
+                                  "rejections": sim.rejections}
+                                 for k, sim in enumerate(members)]
         atomic_write_json(out / "run.json", record)
     return out
 
 
-def _validity(raw: dict[str, Any], xtc: Path, topology: app.Topology) -> dict[str, Any]:
+def _sum_counts(counts: list[dict[str, int]]) -> dict[str, int]:
+    total: dict[str, int] = {}
+    for part in counts:
+        for key, value in part.items():
+            total[key] = total.get(key, 0) + value
+    return total
+
+
+def _validity(raw: dict[str, Any], xtcs: list[Path], topology: app.Topology) -> dict[str, Any]:
     """Raw validity and rejection rate (whole run) beside the validity of the written frames, as
-    ``starmd validate`` scores them (:func:`~openmm_starmd.analysis.validity.frame_validity` on the XTC)."""
-    relaxed = {"frames": 0, "relaxed_valid_fraction": float("nan")}
-    if xtc.exists():
-        traj = md.load(str(xtc), top=md.Topology.from_openmm(topology))
-        valid = frame_validity(traj).valid
-        relaxed = {"frames": int(traj.n_frames),
-                   "relaxed_valid_fraction": float(valid.mean()) if len(valid) else float("nan")}
-    return {**raw, **relaxed}
+    ``starmd validate`` scores them (:func:`~openmm_starmd.analysis.validity.frame_validity` on the XTCs)."""
+    md_top = md.Topology.from_openmm(topology)
+    valid = [frame_validity(md.load(str(x), top=md_top)).valid for x in xtcs if x.exists() and x.stat().st_size]
+    flat = np.concatenate(valid) if valid else np.zeros(0, dtype=bool)
+    return {**raw, "frames": len(flat),
+            "relaxed_valid_fraction": float(flat.mean()) if len(flat) else float("nan")}

@@ -7,12 +7,17 @@ checkpoint never unpickles anything. The OpenMM checkpoint bytes travel as a uin
 from __future__ import annotations
 
 import json
-from typing import Any
+import os
+from typing import TYPE_CHECKING, Any
 
 import safetensors.torch
 import torch
 
 from openmm_starmd.errors import StarMDError
+from openmm_starmd.simulation.stats import CycleStats
+
+if TYPE_CHECKING:
+    from openmm_starmd.simulation.hybrid import StarMDSimulation
 
 FORMAT = "openmm_starmd.hybrid/1"
 _META_KEY = "starmd"
@@ -61,3 +66,48 @@ def unpack(blob: bytes) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         raise StarMDError(f"checkpoint format {meta.get('format')!r} is not {FORMAT!r}: it was written by "
                           "another version of openmm_starmd")
     return tensors, meta
+
+
+def read_bytes(file: str | os.PathLike | Any) -> bytes:
+    """The bytes of a checkpoint path or binary file object, with a one-line error for a missing path."""
+    if isinstance(file, (str, os.PathLike)):
+        if not os.path.exists(file):
+            raise StarMDError(f"checkpoint {file} not found: check the path")
+        with open(file, "rb") as handle:
+            return handle.read()
+    return file.read()
+
+
+def simulation_parts(sim: StarMDSimulation, proposer: bool = True) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """Tensors and JSON-able metadata of a :class:`StarMDSimulation`'s exact state (``proposer=False``
+    leaves out the proposer's history, which an ensemble saves once for all replicas)."""
+    tensors = {
+        "openmm": torch.frombuffer(bytearray(sim.context.createCheckpoint()), dtype=torch.uint8),
+        "rng": sim.generator.get_state(),
+    }
+    proposer_plain: dict[str, Any] = {}
+    if sim.started:
+        if proposer:
+            proposer_tensors, proposer_plain = split_state(sim.proposer.state_dict(), "proposer.")
+            tensors.update(proposer_tensors)
+        tensors["chirality"] = torch.as_tensor(sim.guard.reference_chirality, device="cpu")
+    meta = {"jump_ps": sim.jump_ps, "started": sim.started, "proposer": proposer_plain, **sim.totals.to_dict()}
+    return tensors, meta
+
+
+def restore_simulation(sim: StarMDSimulation, tensors: dict[str, torch.Tensor], meta: dict[str, Any],
+                       proposer: bool = True) -> None:
+    """Inverse of :func:`simulation_parts`; the simulation then continues exactly."""
+    if abs(meta["jump_ps"] - sim.jump_ps) > 1e-9 * sim.jump_ps:
+        raise StarMDError(f"checkpoint was written with a {meta['jump_ps']:g} ps jump, this simulation "
+                          f"jumps {sim.jump_ps:g} ps: use the same jump to resume")
+    sim.context.loadCheckpoint(tensors["openmm"].numpy().tobytes())
+    sim.generator.set_state(tensors["rng"].cpu())
+    sim.started = bool(meta["started"])
+    if sim.started:
+        if proposer:
+            sim.proposer.load_state_dict(join_state(tensors, meta["proposer"], "proposer."))
+        sim.guard.reference_chirality = tensors["chirality"].numpy()
+    elif proposer:
+        sim.proposer.reset()
+    sim.totals = CycleStats.from_dict(meta)
