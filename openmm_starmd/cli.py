@@ -219,12 +219,12 @@ def _add_rollout(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("rollout", help="model-only STAR-MD rollouts (no OpenMM dynamics) into a run folder")
     p.add_argument("input", nargs="?", help="PDB or mmCIF file (prepared on the fly; ignored with --resume)")
     p.add_argument("-o", "--output", required=True,
-                   help="run folder (traj_R{k}.xtc, topology.pdb, start.pdb, log.csv, run.json)")
+                   help="run folder (traj.xtc or traj_R{k}.xtc, topology.pdb, start.pdb, log.csv, run.json)")
     p.add_argument("--time", required=True, help="rollout length, e.g. 100ns, 1us")
     p.add_argument("--jump", default="1ns", help="simulated time per model jump (default 1ns)")
     p.add_argument("--replicas", type=int, default=1,
                    help="independent trajectories, batched through the model (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed; replica k uses seed + k - 1 (default 0)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; replica k = 0..R-1 uses seed + k (default 0)")
     p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:K")
     p.add_argument("--model", default="default",
                    help="STAR-MD checkpoint folder, or default: the model shipped with the package")

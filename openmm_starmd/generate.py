@@ -1,7 +1,7 @@
 """Model-only rollouts (``starmd rollout``): STAR-MD alone, no OpenMM dynamics — the paper's own mode.
 
 The input is prepared as ``starmd simulate`` prepares it; its residue frames start R independent
-rollouts (replica k, k = 1..R, seeded ``seed + k − 1``) batched through one :class:`Rollout`. Each jump's
+rollouts (replica k, k = 0..R−1, seeded ``seed + k``) batched through one :class:`Rollout`. Each jump's
 draw is pushed back as the next history frame and turned into atoms by moving every residue rigidly
 with its frame (:class:`~openmm_starmd.simulation.reconstruct.AtomMap`, as the hybrid simulator does).
 
@@ -9,7 +9,8 @@ Run folder:
 
 * ``start.pdb``: the prepared input (all atoms); ``topology.pdb``: the atoms of the trajectories
   (N, CA, C, O of every residue with ``atoms="backbone"``, all atoms with ``"all"``);
-* ``traj_R{k}.xtc``: one frame per jump at ``j × jump`` ps (the start structure is not repeated);
+* ``traj.xtc`` (one replica) or ``traj_R{k}.xtc`` (replica k of an ensemble; the names of ``starmd simulate``):
+  one frame per jump at ``j × jump`` ps (the start structure is not repeated);
 * ``log.csv``: one row per jump and replica with the raw validity of the frame
   (:func:`~openmm_starmd.analysis.validity.frame_validity`, the criteria of ``starmd validate``) and the
   model time of the jump (shared by the replicas of one batched jump);
@@ -76,17 +77,21 @@ def resolve_device(name: str | torch.device) -> torch.device:
 
 def model_folder(spec: str | os.PathLike) -> Path:
     """The checkpoint folder of ``--model`` (``default``: the shipped model), checked to hold a model."""
-    if str(spec) == "default":
-        from openmm_starmd.simulation.proposer import default_model_path
+    from importlib import resources
 
-        return default_model_path()
-    path = Path(spec)
+    # the shipped model (openmm_starmd/weights/), the same folder as the simulator's "default"
+    path = Path(str(resources.files("openmm_starmd") / "weights")) if str(spec) == "default" else Path(spec)
     folder = path.parent if path.is_file() else path
     missing = [n for n in ("model.json", "model.safetensors") if not (folder / n).is_file()]
     if missing:
         raise StarMDError(f"model {spec} is not a STAR-MD checkpoint folder (no {' or '.join(missing)}): give a "
                           "folder written by `starmd train`, or default")
     return folder.resolve()
+
+
+def trajectory_paths(out: Path, replicas: int) -> list[Path]:
+    """``traj.xtc`` for one replica, ``traj_R{k}.xtc`` (k = 0..R−1) for an ensemble."""
+    return [out / "traj.xtc"] if replicas == 1 else [out / f"traj_R{k}.xtc" for k in range(replicas)]
 
 
 def _versions() -> dict[str, str]:
@@ -149,7 +154,7 @@ class _Trajectories:
         full = md.Trajectory(self.positions[None].astype(np.float32), md.Topology.from_openmm(self.topology))
         self.frame0 = full.atom_slice(self.keep)
         self.md_topology = self.frame0.topology
-        self.paths = [out / f"traj_R{k + 1}.xtc" for k in range(replicas)]
+        self.paths = trajectory_paths(out, replicas)
         self.out = out
 
     def atoms_of(self, rot: torch.Tensor, trans: torch.Tensor) -> np.ndarray:
@@ -172,7 +177,7 @@ class _Trajectories:
             per_replica.append(frame_validity(md.Trajectory(xyz, self.md_topology)))
         for i in range(n):
             for k, v in enumerate(per_replica):
-                rows.append({"jump": first_jump + i, "replica": k + 1, "time_ps": f"{times[i]:.6g}",
+                rows.append({"jump": first_jump + i, "replica": k, "time_ps": f"{times[i]:.6g}",
                              "valid": int(v.valid[i]), "ca_breaks": int(v.ca_breaks[i]),
                              "ca_clashes": int(v.ca_clashes[i]), "heavy_clashes": int(v.heavy_clashes[i]),
                              "max_ca_bond_nm": f"{v.max_ca_bond_nm[i]:.4f}",
@@ -242,7 +247,7 @@ def run_rollout(
     time_ps, jump_ps
         Rollout length and time per jump, ps (``time_ps`` rounded to whole jumps).
     replicas, seed
-        Independent trajectories and the seed of the first (replica k uses ``seed + k − 1``).
+        Independent trajectories and the seed of the first (replica k = 0..R−1 uses ``seed + k``).
     device
         ``auto``, ``cpu``, ``cuda`` or ``cuda:k``: where the model runs.
     model
@@ -299,8 +304,8 @@ def run_rollout(
     if not resume:
         prepared = prep.prepare(input_path)
         out.mkdir(parents=True, exist_ok=True)
-        for name in (*FILES, *(f"traj_R{k + 1}.xtc" for k in range(replicas))):
-            (out / name).unlink(missing_ok=True)
+        for path in (*(out / name for name in FILES), *trajectory_paths(out, replicas)):
+            path.unlink(missing_ok=True)
         prep.write_pdb(prepared, out / "start.pdb", overwrite=True)
     # ---- set up from the written start structure, so a resumed run is the same run
     trajs = _Trajectories(out, out / "start.pdb", atoms, replicas)

@@ -49,10 +49,10 @@ def test_cli_writes_replica_trajectories_with_their_raw_validity(tmp_path, tiny_
     assert "raw-valid" in capsys.readouterr().out
     top = md.load(str(out / "topology.pdb")).topology
     assert sorted({a.name for a in top.atoms}) == ["C", "CA", "N", "O"] and top.n_residues == 10
-    trajs = [md.load(str(out / f"traj_R{k}.xtc"), top=str(out / "topology.pdb")) for k in (1, 2)]
+    trajs = [md.load(str(out / f"traj_R{k}.xtc"), top=str(out / "topology.pdb")) for k in (0, 1)]
     log = rows(out)
-    assert [(int(r["jump"]), int(r["replica"])) for r in log] == [(j, k) for j in range(1, 7) for k in (1, 2)]
-    for k, traj in enumerate(trajs, start=1):
+    assert [(int(r["jump"]), int(r["replica"])) for r in log] == [(j, k) for j in range(1, 7) for k in (0, 1)]
+    for k, traj in enumerate(trajs):
         assert traj.time.tolist() == pytest.approx([10.0, 20.0, 30.0, 40.0, 50.0, 60.0])
         validity = frame_validity(traj)
         mine = [r for r in log if int(r["replica"]) == k]
@@ -70,7 +70,7 @@ def test_cli_writes_replica_trajectories_with_their_raw_validity(tmp_path, tiny_
     assert record["speed"]["model_s_per_jump"] > 0 and record["speed"]["ns_per_day_aggregate"] > 0
     # `starmd validate` scores the output against the MD slice, as any trajectory
     report = tmp_path / "report"
-    assert main(["validate", str(out / "traj_R1.xtc"), str(out / "traj_R2.xtc"), "--ref", str(DATA / "cln025_3ns.xtc"),
+    assert main(["validate", str(out / "traj_R0.xtc"), str(out / "traj_R1.xtc"), "--ref", str(DATA / "cln025_3ns.xtc"),
                  "--top", INPUT, "--gen-top", str(out / "topology.pdb"), "--out", str(report), "--lag", "1",
                  "--windows", "1"]) == 0
     assert json.loads((report / "metrics.json").read_text())
@@ -82,9 +82,9 @@ def test_a_resumed_rollout_continues_exactly(tmp_path, tiny_model):
     rollout(resumed, tiny_model, 2000.0, replicas=2, seed=1)
     # a crash after frames were written but before the state was saved leaves extra frames and rows
     with open(resumed / "log.csv", "a", encoding="utf-8") as handle:
-        handle.write("3,1,3000,1,0,0,0,0.4,0.4,0.3,0.1\n")
+        handle.write("3,0,3000,1,0,0,0,0.4,0.4,0.3,0.1\n")
     run_rollout(None, resumed, time_ps=4000.0, device="cpu", progress=False, resume=True, save_every_s=0.0)
-    for k in (1, 2):
+    for k in (0, 1):
         a = md.load(str(straight / f"traj_R{k}.xtc"), top=str(straight / "topology.pdb"))
         b = md.load(str(resumed / f"traj_R{k}.xtc"), top=str(resumed / "topology.pdb"))
         assert b.n_frames == 4 and np.array_equal(a.xyz, b.xyz)
@@ -96,7 +96,7 @@ def test_all_atom_frames_move_each_residue_rigidly(tmp_path, tiny_model):
     out = tmp_path / "all"
     rollout(out, tiny_model, 2000.0, atoms="all")
     start = md.load(str(out / "start.pdb"))
-    traj = md.load(str(out / "traj_R1.xtc"), top=str(out / "topology.pdb"))
+    traj = md.load(str(out / "traj.xtc"), top=str(out / "topology.pdb"))
     assert traj.n_atoms == start.n_atoms and traj.n_frames == 2
     res = start.topology.residue(3)  # side chain and hydrogens keep their distances to CA
     idx = [a.index for a in res.atoms if a.name != "O"]
@@ -131,8 +131,8 @@ def test_missing_input_and_existing_output_are_refused(tmp_path, capsys, tiny_mo
     assert "input" in capsys.readouterr().err
     out = tmp_path / "b"
     rollout(out, tiny_model, 1000.0)
-    before = (out / "traj_R1.xtc").read_bytes()
+    before = (out / "traj.xtc").read_bytes()
     assert main(["rollout", INPUT, "--time", "1ns", "-o", str(out), "--model", tiny_model]) == 2
-    assert "already exists" in capsys.readouterr().err and (out / "traj_R1.xtc").read_bytes() == before
+    assert "already exists" in capsys.readouterr().err and (out / "traj.xtc").read_bytes() == before
     assert main(["rollout", "--time", "1ns", "-o", str(tmp_path / "c"), "--resume"]) == 2
     assert "no rollout to resume" in capsys.readouterr().err
