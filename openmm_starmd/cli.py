@@ -220,6 +220,49 @@ def _run_validate(args: argparse.Namespace) -> None:
     print(f"wrote {folder}: metrics.json, report.md and plots")
 
 
+# --------------------------------------------------------------------------------------- rollout
+# (issue 15: `starmd rollout INPUT --time 1us --jump 1ns -o DIR`, STAR-MD alone, no OpenMM dynamics)
+def _add_rollout(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("rollout", help="model-only STAR-MD rollouts (no OpenMM dynamics) into a run folder")
+    p.add_argument("input", nargs="?", help="PDB or mmCIF file (prepared on the fly; ignored with --resume)")
+    p.add_argument("-o", "--output", required=True,
+                   help="run folder (traj.xtc or traj_R{k}.xtc, topology.pdb, start.pdb, log.csv, run.json)")
+    p.add_argument("--time", required=True, help="rollout length, e.g. 100ns, 1us")
+    p.add_argument("--jump", default="1ns", help="simulated time per model jump (default 1ns)")
+    p.add_argument("--replicas", type=int, default=1,
+                   help="independent trajectories, batched through the model (default 1)")
+    p.add_argument("--seed", type=int, default=0, help="random seed; replica k = 0..R-1 uses seed + k (default 0)")
+    p.add_argument("--device", default="auto", help="auto (default), cpu, cuda or cuda:K")
+    p.add_argument("--model", default="default",
+                   help="STAR-MD checkpoint folder, or default: the model shipped with the package")
+    p.add_argument("--atoms", default="backbone", choices=["backbone", "all"],
+                   help="write N, CA, C, O (default) or all atoms, each residue moved rigidly with its frame")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run (settings from run.json; --time may extend it)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing run folder's files")
+    p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
+    p.set_defaults(func=_run_rollout)
+
+
+def _run_rollout(args: argparse.Namespace) -> None:
+    import json
+
+    from openmm_starmd.generate import run_rollout
+    from openmm_starmd.units import parse_time
+
+    if args.input is None and not args.resume:
+        raise StarMDError("give an input PDB/mmCIF file (or --resume to continue the run in -o)")
+    folder = run_rollout(
+        args.input, args.output, time_ps=parse_time(args.time, "--time"), jump_ps=parse_time(args.jump, "--jump"),
+        replicas=args.replicas, seed=args.seed, device=args.device, model=args.model, atoms=args.atoms,
+        overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress,
+    )
+    record = json.loads((folder / "run.json").read_text(encoding="utf-8"))
+    raw, speed = record.get("raw_validity", {}), record["speed"]
+    print(f"wrote {folder}: {raw.get('frames', 0)} frames, {100 * raw.get('valid_fraction', 0.0):.1f} % raw-valid, "
+          f"{speed['wall_s_per_jump'] or 0.0:.3f} s per jump ({speed['ns_per_day_aggregate'] or 0.0:,.0f} ns/day)")
+
+
 # ------------------------------------------------------------------------------------------ main
 def build_parser() -> argparse.ArgumentParser:
     """The full ``starmd`` parser with every sub-command."""

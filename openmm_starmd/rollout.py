@@ -199,7 +199,7 @@ class Rollout:
             return x[pos[0]:pos[0] + len(pos)]
         return torch.stack([x[p] for p in pos])
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def push(self, rotations: torch.Tensor, translations: torch.Tensor, replicas: Sequence[int] | None = None) -> None:
         """Append a clean frame to the history.
 
@@ -243,7 +243,7 @@ class Rollout:
                 h.last = (r[g], t[g], n_rot[g], n_trans[g])
                 h.count += 1
 
-    @torch.no_grad()
+    @torch.inference_mode()
     def sample(
         self, dt_ps: float | Sequence[float], generators: torch.Generator | Sequence[torch.Generator],
         replicas: Sequence[int] | None = None,
