@@ -100,7 +100,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a STAR-MD model on reference trajectories (ATLAS layout)")
     p.add_argument("data", nargs="+", help="trajectory folder(s) NAME/ with NAME.pdb and NAME_R*.xtc")
     p.add_argument("-o", "--output", required=True, help="model folder to write")
-    p.add_argument("--preset", default="small", choices=["tiny", "small", "base"], help="model size (default small)")
+    p.add_argument("--preset", choices=["tiny", "small", "base"],
+                   help="model size (default small; with --init the checkpoint's)")
+    p.add_argument("--init", metavar="MODEL",
+                   help="fine-tune: start from `default` (the shipped model) or a model folder; its config is "
+                        "kept, the optimiser and learning-rate schedule start afresh")
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per step and rank (default 4)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
@@ -133,7 +137,7 @@ def _run_train(args: argparse.Namespace) -> None:
         args.data, args.output, preset_name=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup, window=args.window, val_fraction=args.val_fraction, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, resume=args.resume,
-        overwrite=args.overwrite, workers=args.workers,
+        overwrite=args.overwrite, workers=args.workers, init=args.init,
     )
     if summary is not None:
         print(f"wrote {args.output}: {summary['step']} steps, train loss {summary['train_loss']:.4f}, "

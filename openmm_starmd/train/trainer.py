@@ -117,11 +117,17 @@ class Trainer:
         Allow writing into an existing non-empty ``out_dir`` when not resuming.
     device
         ``"cpu"``, ``"cuda"`` or None (CUDA if available; under DDP the local rank's GPU).
+    init_weights
+        Starting weights (fine-tuning; must match ``config``); None: a fresh initialisation. Ignored on resume.
+    record
+        JSON-able facts about the run saved in ``model.json``'s metadata and ``train/state.json`` (e.g.
+        ``"init"``: the checkpoint it started from; ``"held_out_systems"``); on resume the saved record stands.
     """
 
     def __init__(
         self, config: ModelConfig, train_data: Any, val_data: Any, out_dir: str | Path, options: TrainOptions,
         collate: Any, resume: bool = False, overwrite: bool = False, device: str | None = None,
+        init_weights: dict[str, torch.Tensor] | None = None, record: dict[str, Any] | None = None,
     ) -> None:
         self.rank, self.world = ddp.rank_and_world()
         self.device = ddp.pick_device(device)
@@ -129,15 +135,19 @@ class Trainer:
         self.options = options
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self.record = dict(record or {})
         state = None
         if resume:
             state = self._read_state()
             config = ModelConfig.from_dict(state["config"])
+            self.record = dict(state.get("record", {}))
         elif self.rank == 0:
             check_output_dir(self.out_dir, overwrite)
         self.config = config
         torch.manual_seed(options.seed)  # identical initial weights on every rank
         self.net = StarMDNetwork(config).to(self.device)
+        if init_weights is not None and state is None:
+            self.net.load_state_dict(init_weights)  # strict: the caller took the config from the same checkpoint
         self.ema = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         self.module = ddp.wrap(LossModule(self.net), self.device)
         decay, no_decay = [], []
@@ -182,7 +192,8 @@ class Trainer:
         """Write a complete checkpoint (rank 0 only; other ranks return at once)."""
         if self.rank != 0:
             return
-        meta = {"step": self.step, "parameters": count_parameters(self.net), "history": self.history[-50:]}
+        meta = {"step": self.step, "parameters": count_parameters(self.net), **self.record,
+                "history": self.history[-50:]}
         save_model(self.out_dir, self.net, meta, state_dict=self.ema)
         (self.out_dir / "train").mkdir(exist_ok=True)
         live = dict(self.net.state_dict())
@@ -192,7 +203,7 @@ class Trainer:
             torch.save(self.optimizer.state_dict(), handle)
         atomic_write_json(self.out_dir / "train" / "state.json", {
             "step": self.step, "config": self.config.to_dict(), "options": dataclasses.asdict(self.options),
-            "history": self.history, "world_size": self.world,
+            "history": self.history, "world_size": self.world, "record": self.record,
         })
 
     # ------------------------------------------------------------------ loop
