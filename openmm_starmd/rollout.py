@@ -73,11 +73,14 @@ class Rollout:
         Number of history frames attended to (default: the model's K; at most K is sensible).
     num_steps
         Sampler steps per jump (default: the config's).
+    temperature_k
+        Temperature (K) of the dynamics to sample, for a temperature-conditioned model (None: 300 K).
     """
 
     def __init__(
         self, model: StarMDNetwork, residue_type: Any, residue_index: Any = None, residue_mask: Any = None,
         chain_break: Any = None, window: int | None = None, num_steps: int | None = None,
+        temperature_k: float | None = None,
     ) -> None:
         self.model = model.eval()
         self.config = model.config
@@ -87,6 +90,7 @@ class Rollout:
         if self.window < 1:
             raise StarMDError(f"window must be at least 1 frame, got {self.window}")
         self.num_steps = num_steps
+        self.temperature_k = temperature_k
         self.diffusion = FrameDiffusion(self.config)
         self.cache = KVCache()
         self.count = 0  # frames pushed so far
@@ -151,7 +155,8 @@ class Rollout:
             raise StarMDError(f"dt_ps must be positive, got {dt_ps}")
         ref_rot, ref_trans = self._last[0][None, None], self._last[1][None, None]
         index = torch.tensor([self.count], device=self.device)
-        denoise = _denoiser(self.model, self.diffusion, self.residues, ref_rot, ref_trans, dt_ps, index, self.cache)
+        denoise = _denoiser(self.model, self.diffusion, self.residues, ref_rot, ref_trans, dt_ps, index, self.cache,
+                            temperature_k=self.temperature_k)
         rel_rot, rel_x = sample_relative(denoise, (1, 1, self.num_residues), self.diffusion, generator,
                                          self.device, self.num_steps)
         rot, trans = absolute(ref_rot, ref_trans, rel_rot, rel_x, self.config.translation_scale)
@@ -194,6 +199,7 @@ class Rollout:
 def _denoiser(
     net: StarMDNetwork, diffusion: FrameDiffusion, res: Residues, ref_rot: torch.Tensor, ref_trans: torch.Tensor,
     dt_ps: float, index: torch.Tensor, cache: KVCache | None, clean: dict[str, torch.Tensor] | None = None,
+    temperature_k: float | None = None,
 ):
     """Denoiser closure for :func:`sample_relative`: one noisy group at frame ``index`` attending to the
     cache (or, with ``clean``, to recomputed history groups in the same call)."""
@@ -208,14 +214,14 @@ def _denoiser(
         noisy = torch.ones(1, dtype=torch.bool, device=x.device)
         if clean is None:
             h, _ = net.trunk(feats, res.residue_type, res.residue_index, res.residue_mask, n_rot, n_trans, t,
-                             log_dt, index, noisy, cache)
+                             log_dt, index, noisy, cache, temperature_k)
         else:
             F = clean["features"].shape[1]
             h, _ = net.trunk(
                 torch.cat([clean["features"], feats], 1), res.residue_type, res.residue_index, res.residue_mask,
                 torch.cat([clean["rot"], n_rot], 1), torch.cat([clean["trans"], n_trans], 1),
                 torch.cat([clean["tau"], t], 1), log_dt, torch.cat([clean["index"], index]),
-                torch.cat([torch.zeros(F, dtype=torch.bool, device=x.device), noisy]),
+                torch.cat([torch.zeros(F, dtype=torch.bool, device=x.device), noisy]), temperature_k=temperature_k,
             )
             h = h[:, F:]
         rot0, x0, _ = net.heads(h, rel_rot, x, sig_rot, alpha, sig_tr)

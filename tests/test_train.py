@@ -17,7 +17,7 @@ from openmm_starmd.errors import StarMDError
 from openmm_starmd.model.checkpoint import load_model, load_tensors, save_tensors
 from openmm_starmd.model.config import preset
 from openmm_starmd.train.batches import BatchSampler
-from openmm_starmd.train.run import held_out_systems, initial_model
+from openmm_starmd.train.run import build_datasets, held_out_systems, initial_model
 from openmm_starmd.train.trainer import Trainer, TrainOptions
 
 DATA = Path(__file__).parent / "data"
@@ -201,6 +201,16 @@ def test_held_out_systems_are_named_or_drawn_reproducibly():
         held_out_systems(names, ["NOPE"])
     with pytest.raises(StarMDError, match="none to train on"):
         held_out_systems(names[:2], ["S00", "S01"])
+
+
+def test_held_out_systems_are_never_trained_on_and_the_time_split_does_not_overlap(corpus):
+    train, val, unseen, held = build_datasets([corpus], window=4, val_fraction=0.1, val_systems=["AMRV"])
+    assert held == ["AMRV"] and train.names == val.names == ["CLN"] and unseen.names == ["AMRV"]
+    cut = 270  # 300 frames, the last 10 % held out
+    for i in range(20):
+        item = train[i]
+        assert int(item["start_frame"]) + 3 * int(item["stride"]) < cut
+    assert all(int(val[i]["start_frame"]) >= cut for i in range(len(val)))
 
 
 def test_cli_val_systems_reports_unseen_loss_and_records_the_split(corpus, tmp_path, capsys):
