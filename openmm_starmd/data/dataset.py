@@ -45,16 +45,22 @@ from openmm_starmd.frames.rigid import (
 )
 
 __all__ = ["TrajectoryWindows", "collate_windows", "find_atlas_folders", "load_backbone_trajectory",
-           "mixed_generator"]
+           "mixed_generator", "mixed_seed"]
 
 _CHUNK_FRAMES = 500
 
 
-def mixed_generator(*keys: int) -> torch.Generator:
-    """A CPU generator seeded by a well-mixed hash of ``keys`` (numpy's SeedSequence): neighbouring keys
-    give unrelated streams, so draws can be a pure function of (seed, epoch, index) and the like."""
+def mixed_seed(*keys: int) -> int:
+    """A 64-bit seed from a well-mixed hash of ``keys`` (numpy's SeedSequence): neighbouring keys give
+    unrelated seeds."""
     state = np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
+    return int(state[0]) << 32 | int(state[1])
+
+
+def mixed_generator(*keys: int) -> torch.Generator:
+    """A CPU generator seeded by :func:`mixed_seed` of ``keys``, so draws can be a pure function of
+    (seed, epoch, index) and the like."""
+    return torch.Generator().manual_seed(mixed_seed(*keys))
 
 
 def load_backbone_trajectory(xtc: str | Path, topology: md.Topology) -> dict[str, torch.Tensor]:

@@ -25,6 +25,7 @@ from torch import nn
 from tqdm import tqdm
 
 from openmm_starmd.atomic import atomic_write, atomic_write_json, check_output_dir
+from openmm_starmd.data.dataset import mixed_seed
 from openmm_starmd.diffusion.sampler import FrameDiffusion
 from openmm_starmd.errors import StarMDError
 from openmm_starmd.model.checkpoint import load_tensors, save_model, save_tensors
@@ -172,9 +173,9 @@ class Trainer:
         # Batch b of a rank's stream depends only on (seed, rank, b): a resumed run continues at batch `step`.
         self.sampler = BatchSampler(train_data, options.batch_size, options.seed * 7919 + self.rank, collate,
                                     workers=options.workers, start=self.step, pin_memory=self.device.type == "cuda")
-        self.noise = torch.Generator(device=self.device).manual_seed(options.seed * 104729 + self.rank + self.step)
-        if state is not None and self.rank == 0:  # rank 0 continues its noise stream exactly
-            self.noise.set_state(self._rng_state["rng.noise"].to(self.noise.get_state().device))
+        # Diffusion noise of step s is seeded from (seed, rank, s) too, so a resumed run continues exactly on
+        # every rank (a saved generator state would only cover rank 0, the one that writes checkpoints).
+        self.noise = torch.Generator(device=self.device)
         self.val_batches = self._fixed_batches(val_data, collate)
         self.unseen_batches = self._fixed_batches(unseen_data, collate)
 
@@ -195,7 +196,8 @@ class Trainer:
     def _load_state(self, state: dict[str, Any]) -> None:
         live = load_tensors(self.out_dir / "train" / "live.safetensors")
         ema = load_tensors(self.out_dir / "model.safetensors")
-        self._rng_state = {k: live.pop(k) for k in [k for k in live if k.startswith("rng.")]}
+        for key in [k for k in live if k.startswith("rng.")]:  # generator states of older checkpoints
+            live.pop(key)
         self.net.load_state_dict(live)
         self.ema = {k: v.to(self.device) for k, v in ema.items()}
         opt = torch.load(self.out_dir / "train" / "optimizer.pt", map_location=self.device, weights_only=True)
@@ -212,7 +214,6 @@ class Trainer:
         save_model(self.out_dir, self.net, meta, state_dict=self.ema)
         (self.out_dir / "train").mkdir(exist_ok=True)
         live = dict(self.net.state_dict())
-        live["rng.noise"] = self.noise.get_state().cpu()
         save_tensors(self.out_dir / "train" / "live.safetensors", live, {"step": str(self.step)})
         with atomic_write(self.out_dir / "train" / "optimizer.pt", "wb") as handle:
             torch.save(self.optimizer.state_dict(), handle)
@@ -248,6 +249,7 @@ class Trainer:
         for group in self.optimizer.param_groups:
             group["lr"] = learning_rate(self.step, self.options)
         self.net.train()
+        self.noise.manual_seed(mixed_seed(self.options.seed, 0x4E015E, self.rank, self.step))
         loss, parts = self.module(batch, self.noise)  # the objective autocasts the trunk to bf16 on GPU
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
