@@ -37,8 +37,9 @@ def test_a_toy_model_trained_at_two_temperatures_jumps_farther_when_hotter(tmp_p
     path = write_mdcath(tmp_path / "toy.h5", "toy", DATA / "amrv.pdb", {(320, 0): cold, (450, 0): hot})
     data = TrajectoryWindows([path], window=4, max_stride=1, seed=0)
     config = preset("tiny").replace(temperature_condition=True, temperature_range_k=(320.0, 450.0))
-    # Measured: 100 steps give 0.096 vs 0.105 nm, hotter in 10 of 10 paired draws.
-    opts = TrainOptions(steps=100, batch_size=4, lr=5e-3, warmup_steps=10, val_every=10**9,
+    # Measured: 300 steps (18 s) give 0.048 vs 0.069 nm (0.049 vs 0.069 with another data seed); the data's
+    # own jumps are 0.039 vs 0.12 nm, so the model has learnt the direction, not yet the full size.
+    opts = TrainOptions(steps=300, batch_size=4, lr=5e-3, warmup_steps=10, val_every=10**9,
                         checkpoint_every=10**9, progress=False)
     trainer = Trainer(config, data, None, tmp_path / "m", opts, collate_windows)
     trainer.fit()
@@ -52,4 +53,4 @@ def test_a_toy_model_trained_at_two_temperatures_jumps_farther_when_hotter(tmp_p
         jumps[temperature] = torch.stack([torch.linalg.norm(rollout.sample(1000.0, g)[1] - trans[0], dim=-1).mean()
                                           for _ in range(10)])
     assert int((jumps[450.0] > jumps[320.0]).sum()) >= 9
-    assert float(jumps[450.0].mean()) > 1.04 * float(jumps[320.0].mean())
+    assert float(jumps[450.0].mean()) > 1.2 * float(jumps[320.0].mean())
