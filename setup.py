@@ -26,6 +26,7 @@ setup(
         "scipy",
         "safetensors",
         "tqdm",
+        "h5py",
         "matplotlib",
         "PeptideBuilder",
         "deeptime",

@@ -105,12 +105,14 @@ class Rollout:
         None: one trajectory, frames are ``[N, ...]``. R: R independent trajectories, frames are
         ``[R', N, ...]`` for the R' replicas named by ``replicas=`` in :meth:`push`/:meth:`sample`
         (default all R); replicas with the same number of pushed frames share one forward pass per step.
+    temperature_k
+        Temperature (K) of the dynamics to sample, for a temperature-conditioned model (None: 300 K).
     """
 
     def __init__(
         self, model: StarMDNetwork, residue_type: Any, residue_index: Any = None, residue_mask: Any = None,
         chain_break: Any = None, window: int | None = None, num_steps: int | None = None,
-        replicas: int | None = None,
+        replicas: int | None = None, temperature_k: float | None = None,
     ) -> None:
         self.model = model.eval()
         self.config = model.config
@@ -123,6 +125,7 @@ class Rollout:
             raise StarMDError(f"replicas must be at least 1, got {replicas}")
         self.replicas = None if replicas is None else int(replicas)
         self.num_steps = num_steps
+        self.temperature_k = temperature_k
         self.diffusion = FrameDiffusion(self.config)
         self._batched: dict[int, Residues] = {}
         self._hist = [self._empty() for _ in range(self.replicas or 1)]
@@ -291,7 +294,7 @@ class Rollout:
             index = torch.full((1,), count, dtype=torch.long, device=self.device)
             dt = dts[pos[0]] if self.replicas is None else torch.tensor([dts[p] for p in pos], device=self.device)
             denoise = _denoiser(self.model, self.diffusion, self._residues_for(G), ref_rot, ref_trans, dt, index,
-                                self._stacked_cache(hs))
+                                self._stacked_cache(hs), temperature_k=self.temperature_k)
             draw_gens = gens[0] if self.replicas is None else [gens[p] for p in pos]
             rel_rot, rel_x = sample_relative(denoise, (G, 1, self.num_residues), self.diffusion, draw_gens,
                                              self.device, self.num_steps)
@@ -363,7 +366,7 @@ class Rollout:
 def _denoiser(
     net: StarMDNetwork, diffusion: FrameDiffusion, res: Residues, ref_rot: torch.Tensor, ref_trans: torch.Tensor,
     dt_ps: float | torch.Tensor, index: torch.Tensor, cache: KVCache | None,
-    clean: dict[str, torch.Tensor] | None = None,
+    clean: dict[str, torch.Tensor] | None = None, temperature_k: float | None = None,
 ):
     """Denoiser closure for :func:`sample_relative`: one noisy group per batch element (``ref_rot``
     ``[B, 1, N, 3, 3]``, ``ref_trans`` ``[B, 1, N, 3]`` nm, Δt scalar or ``[B]`` ps) at frame ``index``
@@ -380,14 +383,14 @@ def _denoiser(
         noisy = torch.ones(1, dtype=torch.bool, device=x.device)
         if clean is None:
             h, _ = net.trunk(feats, res.residue_type, res.residue_index, res.residue_mask, n_rot, n_trans, t,
-                             log_dt, index, noisy, cache)
+                             log_dt, index, noisy, cache, temperature_k)
         else:
             F = clean["features"].shape[1]
             h, _ = net.trunk(
                 torch.cat([clean["features"], feats], 1), res.residue_type, res.residue_index, res.residue_mask,
                 torch.cat([clean["rot"], n_rot], 1), torch.cat([clean["trans"], n_trans], 1),
                 torch.cat([clean["tau"], t], 1), log_dt, torch.cat([clean["index"], index]),
-                torch.cat([torch.zeros(F, dtype=torch.bool, device=x.device), noisy]),
+                torch.cat([torch.zeros(F, dtype=torch.bool, device=x.device), noisy]), temperature_k=temperature_k,
             )
             h = h[:, F:]
         rot0, x0, _ = net.heads(h, rel_rot, x, sig_rot, alpha, sig_tr)

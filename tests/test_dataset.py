@@ -176,13 +176,14 @@ def test_collate_pads_residues(folders):
     assert torch.equal(batch["translations"][1, :, :4], items[1]["translations"])
 
 
-def test_lazy_cache_is_bounded(folders):
-    ds = TrajectoryWindows(folders, window=4, seed=0, items_per_epoch=10, max_cached_replicas=1)
-    assert len(ds._cache) == 0  # nothing loaded until an item needs it
+def test_lazy_reading_keeps_bounded_state(folders):
+    ds = TrajectoryWindows(folders, window=4, seed=0, items_per_epoch=10, max_cached_systems=1, max_open_files=1)
+    assert len(ds._tables) == 0 and len(ds.reader._handles) == 0  # nothing read until an item needs it
+    names = set()
     for i in range(len(ds)):
-        ds[i]
-        assert len(ds._cache) == 1
-    assert set(next(iter(ds._cache.values()))) == {"quaternions", "translations", "torsions", "torsion_mask"}
+        names.add(ds[i]["name"])
+        assert len(ds._tables) == 1 and len(ds.reader._handles) == 1
+    assert names == {"CLN", "AMRV"}  # both systems were read through the one slot
 
 
 def test_bad_inputs_name_the_file(tmp_path):

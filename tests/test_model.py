@@ -162,3 +162,20 @@ def test_checkpoints_from_before_history_alignment_load_unaligned():
     old = {k: v for k, v in preset("small").to_dict().items() if k != "align_history"}
     assert ModelConfig.from_dict(old).align_history is False
     assert ModelConfig.from_dict(preset("small").to_dict()).align_history is True
+
+
+def test_temperature_condition_is_optional_and_checked():
+    from openmm_starmd.model.config import check_temperature
+
+    small = preset("small")
+    assert "temperature_condition" not in small.to_dict()  # old checkpoints' JSON unchanged
+    assert not any("temperature" in k for k in StarMDNetwork(small).state_dict())  # and their weights
+    warm = small.replace(temperature_condition=True, temperature_range_k=(320.0, 450.0))
+    assert ModelConfig.from_dict(json.loads(json.dumps(warm.to_dict()))) == warm
+    check_temperature(small, 300.0)
+    check_temperature(warm, 400.0)
+    with pytest.raises(StarMDError, match="trained at 300 K without a temperature condition"):
+        check_temperature(small, 350.0)
+    with pytest.raises(StarMDError, match="320-450 K; 300 K is outside"):
+        check_temperature(warm, 300.0)
+    assert any(k.startswith("temperature_embed") for k in StarMDNetwork(warm).state_dict())

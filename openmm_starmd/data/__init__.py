@@ -1,5 +1,5 @@
-"""Training data: per-residue features of a topology (:mod:`.featurize`) and trajectory windows
-(:mod:`.dataset`)."""
+"""Training data: per-residue features of a topology (:mod:`.featurize`), the corpus index of ATLAS folders
+and mdCATH files (:mod:`.sources`, :mod:`.mdcath`) and trajectory windows streamed from it (:mod:`.dataset`)."""
 
 from openmm_starmd.data.dataset import (
     TrajectoryWindows,
@@ -14,15 +14,18 @@ from openmm_starmd.data.featurize import (
     featurize_topology,
     residue_type_index,
 )
+from openmm_starmd.data.sources import System, find_systems
 
 __all__ = [
     "NUM_RESIDUE_TYPES",
     "UNKNOWN_RESIDUE",
     "ProteinFeatures",
+    "System",
     "TrajectoryWindows",
     "collate_windows",
     "featurize_topology",
     "find_atlas_folders",
+    "find_systems",
     "load_backbone_trajectory",
     "residue_type_index",
 ]

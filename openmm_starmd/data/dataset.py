@@ -1,15 +1,13 @@
-"""Training windows of K frames from MD trajectories in the ATLAS layout.
+"""Training windows of K frames from MD trajectories (ATLAS-layout folders and mdCATH files, mixed).
 
-Layout: one folder per system, ``NAME/NAME.pdb`` plus replicas ``NAME/NAME_R*.xtc``; an optional
-``NAME/NAME_R*.json`` next to each replica gives its frame spacing as ``"stride_ps"``.
-
-Each replica is featurised once, on first use, into backbone frames (stored as quaternions and CA
-positions) and torsions; all-atom coordinates are streamed in chunks and never kept.
+Sources are indexed by :mod:`openmm_starmd.data.sources` (no coordinates kept). Each item reads only its
+K frames from disk and featurises them into backbone frames and torsions, with per-system atom indices
+computed once per process (a bounded cache), so memory does not grow with the corpus and DataLoader
+workers stream windows independently.
 """
 
 from __future__ import annotations
 
-import json
 import math
 from collections import OrderedDict
 from collections.abc import Sequence
@@ -19,83 +17,50 @@ from pathlib import Path
 import mdtraj as md
 import numpy as np
 import torch
-from mdtraj.formats import XTCTrajectoryFile
 from torch.utils.data import Dataset
 
 from openmm_starmd.data.featurize import UNKNOWN_RESIDUE, ProteinFeatures, featurize_topology
+from openmm_starmd.data.sources import (
+    FrameReader,
+    Replica,
+    System,
+    check_unique_names,
+    find_atlas_folders,
+    find_systems,
+    load_topology,
+)
 from openmm_starmd.errors import StarMDError
-from openmm_starmd.frames.protein import frames_from_positions, torsions
-from openmm_starmd.frames.rigid import matrix_to_quaternion, quaternion_to_matrix, random_rotations
+from openmm_starmd.frames.protein import (
+    backbone_atom_indices,
+    dihedral,
+    frames_from_positions,
+    torsion_atom_indices,
+    torsions,
+)
+from openmm_starmd.frames.rigid import (
+    frames_from_three_points,
+    identity_rotations,
+    matrix_to_quaternion,
+    random_rotations,
+)
 
 __all__ = ["TrajectoryWindows", "collate_windows", "find_atlas_folders", "load_backbone_trajectory",
-           "mixed_generator"]
+           "mixed_generator", "mixed_seed"]
 
 _CHUNK_FRAMES = 500
 
 
-@dataclass(frozen=True)
-class _Replica:
-    name: str
-    pdb: Path
-    xtc: Path
-    n_frames: int
-    spacing_ps: float
+def mixed_seed(*keys: int) -> int:
+    """A 64-bit seed from a well-mixed hash of ``keys`` (numpy's SeedSequence): neighbouring keys give
+    unrelated seeds."""
+    state = np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint32)
+    return int(state[0]) << 32 | int(state[1])
 
 
 def mixed_generator(*keys: int) -> torch.Generator:
-    """A CPU generator seeded by a well-mixed hash of ``keys`` (numpy's SeedSequence): neighbouring keys
-    give unrelated streams, so draws can be a pure function of (seed, epoch, index) and the like."""
-    state = np.random.SeedSequence(list(keys)).generate_state(2, dtype=np.uint32)
-    return torch.Generator().manual_seed(int(state[0]) << 32 | int(state[1]))
-
-
-def find_atlas_folders(root: str | Path) -> list[Path]:
-    """Sub-folders ``NAME`` of ``root`` that hold ``NAME/NAME.pdb`` (sorted by name)."""
-    root = Path(root)
-    if not root.is_dir():
-        raise StarMDError(f"data folder {root} does not exist: give a folder of NAME/NAME.pdb sub-folders")
-    return sorted(p for p in root.iterdir() if p.is_dir() and (p / f"{p.name}.pdb").is_file())
-
-
-def _spacing_ps(xtc: Path, default_ps: float) -> float:
-    meta = xtc.with_suffix(".json")
-    if not meta.is_file():
-        return float(default_ps)
-    try:
-        value = json.loads(meta.read_text()).get("stride_ps", default_ps)
-    except (json.JSONDecodeError, AttributeError) as exc:
-        raise StarMDError(f"cannot read {meta}: {exc}; fix or delete the file") from exc
-    if not isinstance(value, (int, float)) or value <= 0:
-        raise StarMDError(f"{meta}: stride_ps must be a positive number of ps, got {value!r}")
-    return float(value)
-
-
-def _check_replica(folder: Path, default_spacing_ps: float) -> tuple[md.Topology, list[_Replica]]:
-    name = folder.name
-    pdb = folder / f"{name}.pdb"
-    if not pdb.is_file():
-        raise StarMDError(f"missing {pdb}: each data folder NAME needs NAME/NAME.pdb")
-    xtcs = sorted(folder.glob(f"{name}_R*.xtc"))
-    if not xtcs:
-        raise StarMDError(f"no trajectory {folder / (name + '_R*.xtc')}: add at least one replica")
-    try:
-        topology = md.load_topology(str(pdb))
-    except Exception as exc:  # mdtraj raises many types for a broken PDB
-        raise StarMDError(f"cannot read {pdb}: {exc}") from exc
-    replicas = []
-    for xtc in xtcs:
-        try:
-            with XTCTrajectoryFile(str(xtc)) as handle:
-                n_frames = len(handle)
-                xyz = handle.read(n_frames=1)[0]
-        except Exception as exc:
-            raise StarMDError(f"cannot read {xtc}: {exc}") from exc
-        if xyz.shape[1] != topology.n_atoms:
-            raise StarMDError(
-                f"{xtc} has {xyz.shape[1]} atoms but {pdb} has {topology.n_atoms}: the pair does not match"
-            )
-        replicas.append(_Replica(name, pdb, xtc, int(n_frames), _spacing_ps(xtc, default_spacing_ps)))
-    return topology, replicas
+    """A CPU generator seeded by :func:`mixed_seed` of ``keys``, so draws can be a pure function of
+    (seed, epoch, index) and the like."""
+    return torch.Generator().manual_seed(mixed_seed(*keys))
 
 
 def load_backbone_trajectory(xtc: str | Path, topology: md.Topology) -> dict[str, torch.Tensor]:
@@ -122,13 +87,50 @@ def load_backbone_trajectory(xtc: str | Path, topology: md.Topology) -> dict[str
     }
 
 
+@dataclass(frozen=True)
+class _Tables:
+    """Per-system residue features and the atom indices of frames and torsions (computing the torsion
+    indices walks the topology in Python, about 10 ms per 200 residues, hence once per system)."""
+
+    features: ProteinFeatures
+    backbone: torch.Tensor  # [N, 3] long: N, CA, C (-1 missing)
+    torsion_index: torch.Tensor  # [N, 7, 4] long (-1 missing)
+    torsion_mask: torch.Tensor  # [N, 7] bool
+
+    @classmethod
+    def of(cls, topology) -> _Tables:
+        index, _ = backbone_atom_indices(topology)
+        tindex, tmask = torsion_atom_indices(topology)
+        return cls(featurize_topology(topology), index[:, :3].clone(), tindex, tmask)
+
+    def featurise(self, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Frames and torsions of ``positions`` ``[K, A, 3]`` nm: rotations ``[K, N, 3, 3]``, CA translations
+        ``[K, N, 3]`` nm and torsions ``[K, N, 7]`` rad, as :func:`frames_from_positions` and :func:`torsions`."""
+        K = positions.shape[0]
+        mask = self.features.residue_mask
+        atoms = _pick(positions, self.backbone)  # [K, N, 3, 3]
+        rot, trans = frames_from_three_points(atoms[..., 0, :], atoms[..., 1, :], atoms[..., 2, :])
+        rot = torch.where(mask[None, :, None, None], rot, identity_rotations((K, mask.shape[0])))
+        trans = trans * mask[None, :, None]
+        quad = _pick(positions, self.torsion_index)  # [K, N, 7, 4, 3]
+        angles = dihedral(quad[..., 0, :], quad[..., 1, :], quad[..., 2, :], quad[..., 3, :])
+        return rot, trans, (angles * self.torsion_mask[None]).to(torch.float32)
+
+
+def _pick(positions: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """``positions[:, index]`` ``[K, *index.shape, 3]``, zeros where ``index`` is -1."""
+    picked = positions[:, index.clamp_min(0).reshape(-1)].reshape(positions.shape[0], *index.shape, 3)
+    return picked * (index >= 0)[None, ..., None]
+
+
 class TrajectoryWindows(Dataset):
-    """Windows of ``window`` frames, ``stride`` frames apart, from ATLAS-layout folders.
+    """Windows of ``window`` frames, ``stride`` frames apart, from ATLAS-layout folders and mdCATH files.
 
     Parameters
     ----------
-    folders
-        ``NAME`` folders (each with ``NAME.pdb`` and ``NAME_R*.xtc``); see :func:`find_atlas_folders`.
+    sources
+        System folders ``NAME`` (``NAME.pdb`` + ``NAME_R*.xtc``), mdCATH ``.h5`` files, folders of either, or
+        :class:`~openmm_starmd.data.sources.System` objects from :func:`~openmm_starmd.data.sources.find_systems`.
     window
         Frames per window, K.
     min_stride, max_stride
@@ -137,7 +139,7 @@ class TrajectoryWindows(Dataset):
     dt_range_ps
         Alternative to the stride range: (Δt_min, Δt_max) in ps, turned into a stride range per replica.
     frame_spacing_ps
-        Frame spacing of replicas without ``"stride_ps"`` in their JSON (ps).
+        Frame spacing of XTC replicas without ``"stride_ps"`` in their JSON (ps).
     max_residues
         Crop proteins longer than this to a random contiguous stretch.
     random_rigid
@@ -149,26 +151,32 @@ class TrajectoryWindows(Dataset):
         Items are a pure function of (seed, epoch, index).
     items_per_epoch
         ``len(self)``; default: the number of non-overlapping windows at stride 1 over all replicas.
-    max_cached_replicas
-        Keep the featurised frames of at most this many replicas (least recently used first out);
-        None keeps all.
     generator
         Alternative to ``seed``: its ``initial_seed()`` is used as the seed (its state is not consumed,
         so items stay a pure function of the index, also in DataLoader workers).
+    time_range
+        ``(a, b)``: only frames ``round(a n)`` to ``round(b n) - 1`` of each n-frame replica are used (the
+        training part ``(0, 0.9)`` and the held-out part ``(0.9, 1)`` of an in-time split never overlap).
+    default_temperature_k
+        Temperature (K) of replicas that do not record one (ATLAS ran at 300 K).
+    max_cached_systems, max_open_files
+        Per process: residue tables of at most this many systems, and at most this many open trajectory
+        files, are kept (least recently used dropped first); memory is bounded whatever the corpus size.
 
     Notes
     -----
-    Translations are centred on the mean CA (over present residues of the crop) of the window's
-    FIRST frame; later frames keep their motion relative to it. Items are dicts of ``rotations``
-    ``[K, N, 3, 3]``, ``translations`` ``[K, N, 3]`` nm, ``torsions`` ``[K, N, 7]`` rad,
-    ``torsion_mask`` ``[N, 7]``, ``residue_type``, ``residue_index``, ``chain_index``, ``chain_break``,
-    ``residue_mask`` ``[N]``, ``dt_ps`` (float32 scalar), ``stride``, ``start_frame``, ``replica``
-    (long scalars) and ``name`` (str).
+    Replicas too short for a window (or whose Δt range is out of reach) are skipped and listed in
+    ``skipped``; it is an error if nothing remains. Translations are centred on the mean CA (over present
+    residues of the crop) of the window's FIRST frame; later frames keep their motion relative to it. Items
+    are dicts of ``rotations`` ``[K, N, 3, 3]``, ``translations`` ``[K, N, 3]`` nm, ``torsions`` ``[K, N, 7]``
+    rad, ``torsion_mask`` ``[N, 7]``, ``residue_type``, ``residue_index``, ``chain_index``, ``chain_break``,
+    ``residue_mask`` ``[N]``, ``dt_ps`` and ``temperature_k`` (float32 scalars), ``stride``, ``start_frame``,
+    ``replica`` (long scalars) and ``name`` (str, the system's).
     """
 
     def __init__(
         self,
-        folders: Sequence[str | Path] | str | Path,
+        sources: Sequence[str | Path | System] | str | Path,
         window: int = 8,
         min_stride: int = 1,
         max_stride: int | None = None,
@@ -179,12 +187,15 @@ class TrajectoryWindows(Dataset):
         random_translation_nm: float = 0.0,
         seed: int = 0,
         items_per_epoch: int | None = None,
-        max_cached_replicas: int | None = None,
         generator: torch.Generator | None = None,
+        time_range: tuple[float, float] = (0.0, 1.0),
+        default_temperature_k: float = 300.0,
+        max_cached_systems: int = 64,
+        max_open_files: int = 16,
     ) -> None:
-        folders = [folders] if isinstance(folders, (str, Path)) else list(folders)
-        if not folders:
-            raise StarMDError("no data folders given: pass NAME folders holding NAME.pdb and NAME_R*.xtc")
+        sources = [sources] if isinstance(sources, (str, Path, System)) else list(sources)
+        if not sources:
+            raise StarMDError("no data given: pass NAME folders (NAME.pdb + NAME_R*.xtc) or mdCATH .h5 files")
         if window < 1:
             raise StarMDError(f"window must be >= 1 frame, got {window}")
         if dt_range_ps is not None and (min_stride != 1 or max_stride is not None):
@@ -195,6 +206,8 @@ class TrajectoryWindows(Dataset):
             raise StarMDError(f"dt_range_ps must be (low, high) with 0 < low <= high, got {dt_range_ps}")
         if max_residues is not None and max_residues < 1:
             raise StarMDError(f"max_residues must be >= 1, got {max_residues}")
+        if not 0.0 <= time_range[0] < time_range[1] <= 1.0:
+            raise StarMDError(f"time_range must be (a, b) with 0 <= a < b <= 1, got {time_range}")
         self.window = int(window)
         self.min_stride, self.max_stride, self.dt_range_ps = min_stride, max_stride, dt_range_ps
         self.max_residues = max_residues
@@ -202,22 +215,35 @@ class TrajectoryWindows(Dataset):
         self.random_translation_nm = float(random_translation_nm)
         self.seed = int(generator.initial_seed()) if generator is not None else int(seed)
         self.epoch = 0
-        self.max_cached_replicas = max_cached_replicas
-        self._topologies: list[md.Topology] = []
-        self._features: list[ProteinFeatures] = []
-        self._replicas: list[list[_Replica]] = []
-        for folder in folders:
-            topology, replicas = _check_replica(Path(folder), frame_spacing_ps)
-            for rep in replicas:
-                if rep.n_frames < self.window:
-                    raise StarMDError(f"{rep.xtc} has {rep.n_frames} frames, fewer than the window {self.window}")
-                self._stride_range(rep)  # fail now, not in a worker, if Δt is out of reach
-            self._topologies.append(topology)
-            self._features.append(featurize_topology(topology))
-            self._replicas.append(replicas)
-        total = sum(rep.n_frames for reps in self._replicas for rep in reps)
+        self.time_range = (float(time_range[0]), float(time_range[1]))
+        self.default_temperature_k = float(default_temperature_k)
+        self.max_cached_systems = max(1, int(max_cached_systems))
+        systems: list[System] = []
+        for source in sources:
+            systems.extend([source] if isinstance(source, System) else find_systems([source], frame_spacing_ps))
+        check_unique_names(systems)
+        self.systems: list[System] = []
+        self._replicas: list[tuple[Replica, ...]] = []  # the usable replicas of each kept system
+        self.skipped: list[str] = []
+        for system in systems:
+            usable = []
+            for rep in system.replicas:
+                lo, hi = self._frame_range(rep)
+                if hi - lo >= self.window and self._stride_range(rep, hi - lo) is not None:
+                    usable.append(rep)
+                else:
+                    self.skipped.append(f"{rep.label}: {hi - lo} frames of {rep.spacing_ps:g} ps")
+            if usable:
+                self.systems.append(system)
+                self._replicas.append(tuple(usable))
+        if not self.systems:
+            example = f" (e.g. {self.skipped[0]})" if self.skipped else ""
+            raise StarMDError(f"no replica can hold windows of {self.window} frames at the asked stride / Δt"
+                              f"{example}: give longer trajectories or lower the window / Δt range")
+        total = sum(self._frame_range(r)[1] - self._frame_range(r)[0] for reps in self._replicas for r in reps)
         self.items_per_epoch = int(items_per_epoch) if items_per_epoch else max(1, total // self.window)
-        self._cache: OrderedDict[tuple[int, int], dict[str, torch.Tensor]] = OrderedDict()
+        self._tables: OrderedDict[int, _Tables] = OrderedDict()
+        self.reader = FrameReader(max_open_files)
 
     def __len__(self) -> int:
         return self.items_per_epoch
@@ -226,32 +252,33 @@ class TrajectoryWindows(Dataset):
         """Select the epoch; items of different epochs differ, items of one epoch are fixed."""
         self.epoch = int(epoch)
 
-    def _stride_range(self, rep: _Replica) -> tuple[int, int]:
-        longest = (rep.n_frames - 1) // max(self.window - 1, 1) if self.window > 1 else rep.n_frames
+    @property
+    def names(self) -> list[str]:
+        """Names of the systems windows are drawn from."""
+        return [s.name for s in self.systems]
+
+    def _frame_range(self, rep: Replica) -> tuple[int, int]:
+        return round(self.time_range[0] * rep.n_frames), round(self.time_range[1] * rep.n_frames)
+
+    def _stride_range(self, rep: Replica, n_frames: int) -> tuple[int, int] | None:
+        longest = (n_frames - 1) // max(self.window - 1, 1) if self.window > 1 else n_frames
         if self.dt_range_ps is not None:
             low = max(1, math.ceil(self.dt_range_ps[0] / rep.spacing_ps - 1e-9))
             high = math.floor(self.dt_range_ps[1] / rep.spacing_ps + 1e-9)
         else:
             low, high = self.min_stride, self.max_stride if self.max_stride is not None else longest
         high = min(high, longest)
-        if high < low:
-            raise StarMDError(
-                f"{rep.xtc}: {rep.n_frames} frames of {rep.spacing_ps:g} ps cannot hold {self.window} frames "
-                f"at stride {low}; lower the stride / Δt range or the window"
-            )
-        return low, high
+        return None if high < low else (low, high)
 
-    def _frames(self, system: int, replica: int) -> dict[str, torch.Tensor]:
-        key = (system, replica)
-        if key in self._cache:
-            self._cache.move_to_end(key)
-            return self._cache[key]
-        data = load_backbone_trajectory(self._replicas[system][replica].xtc, self._topologies[system])
-        self._cache[key] = data
-        if self.max_cached_replicas is not None:
-            while len(self._cache) > self.max_cached_replicas:
-                self._cache.popitem(last=False)
-        return data
+    def _system_tables(self, system: int) -> _Tables:
+        if system in self._tables:
+            self._tables.move_to_end(system)
+            return self._tables[system]
+        tables = _Tables.of(load_topology(self.systems[system]))
+        self._tables[system] = tables
+        while len(self._tables) > self.max_cached_systems:
+            self._tables.popitem(last=False)
+        return tables
 
     def generator_for(self, index: int) -> torch.Generator:
         """The generator of item ``index`` in the current epoch (well-mixed seed of seed, epoch, index)."""
@@ -264,23 +291,24 @@ class TrajectoryWindows(Dataset):
         system = int(torch.randint(len(self._replicas), (), generator=g))
         replica = int(torch.randint(len(self._replicas[system]), (), generator=g))
         rep = self._replicas[system][replica]
-        low, high = self._stride_range(rep)
+        first, stop = self._frame_range(rep)
+        low, high = self._stride_range(rep, stop - first)
         # Log-uniform integer stride: floor of a log-uniform draw on [low, high + 1).
         u = float(torch.rand((), generator=g))
         stride = min(high, int(math.exp(math.log(low) + u * (math.log(high + 1) - math.log(low)))))
         span = (self.window - 1) * stride
-        start = int(torch.randint(rep.n_frames - span, (), generator=g))
-        features = self._features[system]
+        start = first + int(torch.randint(stop - first - span, (), generator=g))
+        tables = self._system_tables(system)
+        features = tables.features
         n_res = features.num_residues
         lo, hi = 0, n_res
         if self.max_residues is not None and n_res > self.max_residues:
             lo = int(torch.randint(n_res - self.max_residues + 1, (), generator=g))
             hi = lo + self.max_residues
             features = features.crop(lo, hi)
-        data = self._frames(system, replica)
-        frames = torch.arange(start, start + span + 1, stride)
-        rot = quaternion_to_matrix(data["quaternions"][frames, lo:hi])
-        trans = data["translations"][frames, lo:hi].clone()
+        positions = torch.from_numpy(self.reader.positions(rep, np.arange(start, start + span + 1, stride)))
+        rot, trans, angles = tables.featurise(positions)
+        rot, trans, angles = rot[:, lo:hi], trans[:, lo:hi], angles[:, lo:hi]
         mask = features.residue_mask
         # Centre on the mean CA of the first frame (present residues only).
         centre = trans[0][mask].mean(0) if bool(mask.any()) else torch.zeros(3)
@@ -291,21 +319,23 @@ class TrajectoryWindows(Dataset):
             trans = trans @ spin.T
         if self.random_translation_nm > 0:
             trans = trans + self.random_translation_nm * torch.randn(3, generator=g) * mask[None, :, None]
+        temperature = self.default_temperature_k if rep.temperature_k is None else rep.temperature_k
         return {
-            "rotations": rot,
-            "translations": trans,
-            "torsions": data["torsions"][frames, lo:hi].clone(),
-            "torsion_mask": data["torsion_mask"][lo:hi].clone(),
+            "rotations": rot.contiguous(),
+            "translations": trans.contiguous(),
+            "torsions": angles.contiguous(),
+            "torsion_mask": tables.torsion_mask[lo:hi].clone(),
             "residue_type": features.residue_type,
             "residue_index": features.residue_index,
             "chain_index": features.chain_index,
             "chain_break": features.chain_break,
             "residue_mask": mask,
             "dt_ps": torch.tensor(stride * rep.spacing_ps, dtype=torch.float32),
+            "temperature_k": torch.tensor(temperature, dtype=torch.float32),
             "stride": torch.tensor(stride),
             "start_frame": torch.tensor(start),
             "replica": torch.tensor(replica),
-            "name": rep.name,
+            "name": self.systems[system].name,
         }
 
 

@@ -59,6 +59,11 @@ class ModelConfig:
     ctx_clean_prob: float = 0.75
     ctx_tau_inference: float = 0.0  # noise level of pushed history frames at inference
     ctx_noise_seed: int = 12345  # seeds the (per-frame, deterministic) inference history noise
+    # temperature: with the condition, noisy tokens are adaLN-conditioned on an embedding of T (like Δt);
+    # without it (every checkpoint before it existed) the model knows only the temperature of its data.
+    # temperature_range_k is (lowest, highest) temperature of the training data (K).
+    temperature_condition: bool = False
+    temperature_range_k: tuple[float, float] = (300.0, 300.0)
     # sampler
     num_sampler_steps: int = 20
     deterministic_sampler: bool = False  # probability-flow ODE instead of the reverse SDE
@@ -80,6 +85,10 @@ class ModelConfig:
             raise StarMDError(f"sampler_method must be 'exponential' or 'euler', got {self.sampler_method!r}")
         if self.num_sampler_steps < 1:
             raise StarMDError(f"num_sampler_steps must be at least 1, got {self.num_sampler_steps}")
+        low, high = self.temperature_range_k
+        if not 0 < low <= high:
+            raise StarMDError(f"temperature_range_k must be (low, high) K with 0 < low <= high, got "
+                              f"{self.temperature_range_k}")
 
     @property
     def head_dim(self) -> int:
@@ -98,7 +107,13 @@ class ModelConfig:
         return dataclasses.replace(self, **changes)
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        """All fields, except later additions still at their default: a checkpoint that does not use them
+        keeps exactly the JSON (and stays readable by) versions that predate them."""
+        data = dataclasses.asdict(self)
+        for name in _ADDED_FIELDS:
+            if data[name] == _DEFAULTS[name]:
+                del data[name]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> ModelConfig:
@@ -107,9 +122,34 @@ class ModelConfig:
         unknown = set(data) - names
         if unknown:
             raise StarMDError(f"checkpoint config has unknown field(s) {sorted(unknown)}: upgrade openmm_starmd")
+        data = dict(data)
+        if "temperature_range_k" in data:  # JSON has lists; the frozen config compares tuples
+            data["temperature_range_k"] = tuple(float(t) for t in data["temperature_range_k"])
         # Checkpoints written before history alignment existed were trained on unaligned frames.
         return cls(**{"align_history": False, **data})
 
+
+def check_temperature(config: ModelConfig, temperature_k: float, slack_k: float = 1.0) -> None:
+    """Refuse (:class:`StarMDError`, one line) a temperature the model was not trained for.
+
+    A model without the temperature condition samples the dynamics of its training temperature whatever
+    the simulation's, so any other temperature is an error; a conditioned model accepts its training range.
+    ``slack_k`` (K) absorbs rounding in recorded temperatures.
+    """
+    low, high = config.temperature_range_k
+    if low - slack_k <= float(temperature_k) <= high + slack_k:
+        return
+    trained = f"{low:g} K" if low == high else f"{low:g}-{high:g} K"
+    if not config.temperature_condition:
+        raise StarMDError(f"the model was trained at {trained} without a temperature condition, so at "
+                          f"{float(temperature_k):g} K it would still propose {trained} dynamics: simulate at "
+                          f"{trained}, or use a model trained with --temperature-condition on such data")
+    raise StarMDError(f"the model was trained at {trained}; {float(temperature_k):g} K is outside that range: "
+                      "simulate within it or fine-tune on data at that temperature")
+
+
+_ADDED_FIELDS = ("temperature_condition", "temperature_range_k")
+_DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 PRESETS: dict[str, ModelConfig] = {
     "tiny": ModelConfig(num_blocks=2, width=32, num_heads=2, mlp_ratio=2, ipa_points=2, ipa_value_points=2,

@@ -21,6 +21,8 @@ from openmm_starmd.model.config import ModelConfig
 from openmm_starmd.model.embeddings import NUM_TOKEN_FEATURES, FourierFeatures, Rotary2D
 
 NUM_TORSIONS = 7
+# Temperature enters the Fourier features as (T - 300 K) / 100 K: order one over 280-450 K.
+_TEMPERATURE_CENTRE_K, _TEMPERATURE_SPAN_K = 300.0, 100.0
 
 
 @dataclass
@@ -106,6 +108,10 @@ class StarMDNetwork(nn.Module):
         self.dt_fourier = FourierFeatures(nf, max_frequency=30.0)
         self.kind_embed = nn.Embedding(2, C)
         self.cond_mlp = nn.Sequential(nn.Linear(4 * nf, C), nn.SiLU(), nn.Linear(C, C))
+        self.temperature_fourier = self.temperature_embed = None
+        if config.temperature_condition:
+            self.temperature_fourier = FourierFeatures(nf, max_frequency=30.0)
+            self.temperature_embed = nn.Sequential(nn.Linear(2 * nf, C), nn.SiLU(), nn.Linear(C, C))
         self.rotary = Rotary2D(config.head_dim, config.residue_rope_base, config.time_rope_max_period)
         self.blocks = nn.ModuleList([
             Block(C, config.num_heads, config.mlp_ratio, config.ipa_points, config.ipa_value_points)
@@ -133,6 +139,7 @@ class StarMDNetwork(nn.Module):
         frame_index: torch.Tensor,
         noisy: torch.Tensor,
         cache: KVCache | None = None,
+        temperature_k: torch.Tensor | float | None = None,
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
         """Run all blocks on F frame groups of tokens.
 
@@ -156,6 +163,9 @@ class StarMDNetwork(nn.Module):
             ``[F]`` bool, group is a noisy target copy.
         cache
             Keys/values of earlier clean frames (read, not modified).
+        temperature_k
+            ``[B]`` or scalar temperature (K) of the dynamics to denoise (noisy groups only); used only with
+            ``config.temperature_condition`` (None: 300 K).
 
         Returns
         -------
@@ -166,6 +176,11 @@ class StarMDNetwork(nn.Module):
         h = self.feature_proj(features) + self.residue_embed(residue_type)[:, None]
         dt_feat = self.dt_fourier(log_dt / 10.0)[:, None].expand(B, F_, -1) * noisy[None, :, None].to(h.dtype)
         cond = self.cond_mlp(torch.cat([self.tau_fourier(tau), dt_feat], -1)) + self.kind_embed(noisy.long())[None]
+        if self.temperature_embed is not None:
+            temp = torch.as_tensor(_TEMPERATURE_CENTRE_K if temperature_k is None else temperature_k,
+                                   dtype=torch.float32, device=h.device).expand(B)
+            t_feat = self.temperature_fourier((temp - _TEMPERATURE_CENTRE_K) / _TEMPERATURE_SPAN_K)
+            cond = cond + self.temperature_embed(t_feat[:, None] * noisy[None, :, None].to(t_feat.dtype))
         tok_res = residue_index[:, None, :].expand(B, F_, N).reshape(B, F_ * N)
         tok_frame = frame_index[None, :, None].expand(B, F_, N).reshape(B, F_ * N)
         rope = self.rotary.angles(tok_res, tok_frame)

@@ -76,6 +76,7 @@ def diffusion_loss(
             torch.cat([c_rot, n_rot], 1), torch.cat([c_trans, n_trans], 1), torch.cat([tau_ctx, tau], 1),
             log_dt_tensor(batch["dt_ps"], B, dev), torch.cat([frames, frames[1:]]),
             torch.cat([torch.zeros(K, dtype=torch.bool, device=dev), torch.ones(K - 1, dtype=torch.bool, device=dev)]),
+            temperature_k=batch.get("temperature_k"),
         )
     h = h.float()
     pred_rot, pred_x, chi = net.heads(h[:, K:], rel_rot_tau, x_tau, sig_rot, alpha, sig_tr)
