@@ -46,14 +46,10 @@ SWEEP: dict[str, dict] = {
                        "friction_per_ps": None, "minimize_iterations": 50},
     "clash_relief": {"time_ps": 1.0, "ramp_stages": 4, "clash_iterations": 200, "velocities": "fresh",
                      "friction_per_ps": None, "minimize_iterations": 50},
-    "kept_velocities": {"velocities": "kept", "friction_per_ps": None},
-    "friction5": {"friction_per_ps": 5.0},
-    "friction10": {"friction_per_ps": 10.0},
+    "friction10": {"time_ps": 1.0, "friction_per_ps": 10.0},
     "md2": {"time_ps": 2.0, "friction_per_ps": None},
-    "md2_friction10": {"time_ps": 2.0, "friction_per_ps": 10.0},
-    "md2_ramp8_friction10": {"time_ps": 2.0, "ramp_stages": 8, "friction_per_ps": 10.0},
-    "min0_friction10": {"minimize_iterations": 0, "friction_per_ps": 10.0},
-    "hot400": {"temperature_k": 400.0, "friction_per_ps": None},
+    "md1_ramp2": {"time_ps": 1.0, "ramp_stages": 2},
+    "md2_kept": {"time_ps": 2.0, "velocities": "kept"},
 }
 
 
@@ -175,10 +171,14 @@ def main() -> None:
     parser.add_argument("--md-steps", type=int, default=5000, help="plain-MD steps timed per setting")
     parser.add_argument("--scratch", default=os.environ.get("TMPDIR", "/tmp"))
     parser.add_argument("--out", default=str(Path(__file__).parent / "results" / "relax"))
+    parser.add_argument("--merge", nargs="*", default=[],
+                        help="result JSON files of other runs of this script whose settings are merged into --out")
     args = parser.parse_args()
     reference_dir = Path(args.reference).resolve()
     out_json, out_md = Path(args.out + ".json"), Path(args.out + ".md")
     results = json.loads(out_json.read_text()) if out_json.exists() else {"settings": {}}
+    for other in args.merge:
+        results["settings"].update(json.loads(Path(other).read_text())["settings"])
     replicas = reference_energies(reference_dir)
     pooled = np.concatenate(list(replicas.values()))
     names = sorted(replicas)
@@ -186,6 +186,12 @@ def main() -> None:
                    reference_mean=float(pooled.mean()), reference_sd=float(pooled.std(ddof=1)),
                    reference_p10=float(np.percentile(pooled, 10)), reference_p99=float(np.percentile(pooled, 99)),
                    floor=compare_energies(replicas[names[-1]], replicas[names[0]]) if len(names) > 1 else {})
+    for entry in results["settings"].values():
+        entry["summary"] = summarise(entry, pooled)
+    if args.merge:
+        atomic_write_json(out_json, results)
+        write_markdown(out_md, results)
+        return
     for name in args.settings:
         entry = run_setting(name, SWEEP[name], reference_dir, args.jumps, args.jump_ps, args.seed,
                             Path(args.scratch), args.md_steps)

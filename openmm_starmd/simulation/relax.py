@@ -30,7 +30,8 @@ class RelaxSettings:
     Attributes
     ----------
     time_ps
-        Length of the MD segment, ps (0 skips MD: minimisation only).
+        Length of the MD segment, ps (0 skips MD: minimisation only). With the default ramp the last
+        quarter is unrestrained.
     restraint_k
         Initial restraint constant on backbone heavy atoms, kJ/mol/nm².
     ramp_stages
@@ -61,7 +62,7 @@ class RelaxSettings:
         keeps the integrator's.
     """
 
-    time_ps: float = 1.0
+    time_ps: float = 2.0
     restraint_k: float = 2000.0
     ramp_stages: int = 4
     minimize_iterations: int = 50
