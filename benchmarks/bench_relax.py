@@ -139,16 +139,18 @@ def write_markdown(path: Path, results: dict) -> None:
         "Plain MD and the hybrid are timed in the same process; the machine is a shared 2-core CPU "
         "(timings noisy).",
         "",
-        "| setting | changes vs RelaxSettings() | frames | rejected | mean − MD (sd) | sd ratio | KS (p) "
-        "| p10 / p99 kJ/mol | s/cycle | plain ns/day | speed ratio | goals |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| setting | differs from shipped RelaxSettings() | seed | frames | rejected | mean − MD (sd) | sd ratio "
+        "| KS (p) | p10 / p99 kJ/mol | s/cycle | plain ns/day | speed ratio | goals |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in results["settings"].items():
         s = entry["summary"]
-        changes = ", ".join(f"{k}={v}" for k, v in entry["overrides"].items()) or "(defaults)"
+        shipped = RelaxSettings().describe()
+        changes = ", ".join(f"{k}={v}" for k, v in entry["relax"].items() if shipped.get(k) != v)
+        changes = changes or "(shipped defaults)"
         missed = ", ".join(k for k, v in s["goals"].items() if not v)
         lines.append(
-            f"| {name} | {changes} | {s['n_sample']} | {entry['rejected_fraction']:.1%} | "
+            f"| {name} | {changes} | {entry['seed']} | {s['n_sample']} | {entry['rejected_fraction']:.1%} | "
             f"{s['mean_diff_in_ref_sd']:+.2f} | {s['sd_ratio']:.2f} | {s['ks_statistic']:.2f} ({s['ks_pvalue']:.2g}) | "
             f"{s['p10']:.0f} / {s['p99']:.0f} | {entry['seconds_per_cycle']:.2f} | "
             f"{entry['plain_md']['ns_per_day']:.0f} | {entry['speed_ratio']:.0f}× | "
