@@ -2,7 +2,7 @@
 
 Every metric takes mdtraj.Trajectory objects and returns plain numbers or NumPy arrays.
 Modules: :mod:`.matching` (load, match atom sets, align), :mod:`.divergences` (JSD, recall, W2),
-:mod:`.ensemble`, :mod:`.dynamics`, :mod:`.validity`, :mod:`.compare` (floor and windows),
+:mod:`.ensemble`, :mod:`.dynamics`, :mod:`.validity`, :mod:`.energy`, :mod:`.compare` (floor and windows),
 :mod:`.plots`, :mod:`.report` (``starmd validate``). The names below are the public API; they are
 imported on first use, so ``from openmm_starmd.analysis import validity`` (the hybrid simulator's
 guard) does not pull in deeptime or matplotlib.
@@ -22,6 +22,7 @@ _EXPORTS = {
     "CA_BOND_BREAK_NM": "validity", "CA_CLASH_NM": "validity", "HEAVY_CLASH_NM": "validity",
     "FrameValidity": "validity", "frame_validity": "validity", "validity_rates": "validity",
     "compare_ensembles": "compare", "validate": "report",
+    "potential_energies": "energy", "trajectory_energies": "energy", "compare_energies": "energy",
 }
 
 __all__ = sorted(_EXPORTS)

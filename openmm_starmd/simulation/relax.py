@@ -20,6 +20,7 @@ from openmm_starmd.errors import StarMDError
 from openmm_starmd.forces import starmd_force_on
 
 RESTRAINT_K = "starmd_restraint_k"
+VELOCITY_CHOICES = ("fresh", "kept")
 
 
 @dataclass(frozen=True)
@@ -29,7 +30,8 @@ class RelaxSettings:
     Attributes
     ----------
     time_ps
-        Length of the MD segment, ps (0 skips MD: minimisation only).
+        Length of the MD segment, ps (0 skips MD: minimisation only). With the default ramp the last
+        quarter is unrestrained.
     restraint_k
         Initial restraint constant on backbone heavy atoms, kJ/mol/nm².
     ramp_stages
@@ -45,15 +47,33 @@ class RelaxSettings:
     starmd_force_weight
         λ of a learned :class:`~openmm_starmd.forces.StarMDForce` during the MD segment (never during
         minimisation: it reports no energy). 0, the default, leaves it out of the System entirely.
+    clash_iterations
+        Cap on capped-step steepest-descent iterations before the minimiser (:func:`relieve_clashes`);
+        0 skips that stage.
+    clash_force
+        The steepest descent stops once no atom feels more than this, kJ/mol/nm.
+    clash_step_nm
+        Largest move of any atom per steepest-descent step, nm.
+    velocities
+        ``"fresh"``: Maxwell–Boltzmann velocities at ``temperature_k`` after minimisation; ``"kept"``:
+        the Context's velocities from the end of the previous relaxation.
+    friction_per_ps
+        Friction of a Langevin integrator during the MD segment, 1/ps (restored afterwards); ``None``
+        keeps the integrator's.
     """
 
-    time_ps: float = 1.0
+    time_ps: float = 2.0
     restraint_k: float = 2000.0
     ramp_stages: int = 4
     minimize_iterations: int = 50
     minimize_tolerance: float = 10.0
     temperature_k: float | None = None
     starmd_force_weight: float = 0.0
+    clash_iterations: int = 200
+    clash_force: float = 2.0e4
+    clash_step_nm: float = 0.01
+    velocities: str = "fresh"
+    friction_per_ps: float | None = None
 
     def __post_init__(self) -> None:
         if not self.time_ps >= 0.0:
@@ -64,6 +84,14 @@ class RelaxSettings:
             raise StarMDError(f"ramp_stages must be at least 1, got {self.ramp_stages}")
         if self.minimize_iterations < 0:
             raise StarMDError(f"minimize_iterations must be >= 0, got {self.minimize_iterations}")
+        if self.clash_iterations < 0:
+            raise StarMDError(f"clash_iterations must be >= 0, got {self.clash_iterations}")
+        if not (self.clash_force > 0.0 and self.clash_step_nm > 0.0):
+            raise StarMDError("clash_force and clash_step_nm must be > 0")
+        if self.velocities not in VELOCITY_CHOICES:
+            raise StarMDError(f"velocities must be one of {', '.join(VELOCITY_CHOICES)}, got {self.velocities!r}")
+        if self.friction_per_ps is not None and not self.friction_per_ps > 0.0:
+            raise StarMDError(f"friction_per_ps must be > 0 (or None), got {self.friction_per_ps}")
 
     def describe(self) -> dict:
         """The settings as a JSON-ready dict."""
@@ -127,12 +155,74 @@ class RelaxTiming:
     minimize_s: float = 0.0
     md_s: float = 0.0
     steps: int = 0
+    clash_iterations: int = 200
 
 
 def stage_steps(total: int, stages: int) -> list[int]:
     """Split ``total`` MD steps into ``stages`` near-equal parts (earlier parts get the remainder)."""
     base, extra = divmod(total, stages)
     return [base + (1 if s < extra else 0) for s in range(stages)]
+
+
+def _energy_forces(context: openmm.Context) -> tuple[float, np.ndarray]:
+    state = context.getState(energy=True, forces=True)
+    energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
+    forces = state.getForces(asNumpy=True).value_in_unit(u.kilojoule_per_mole / u.nanometer)
+    return float(energy), np.asarray(forces)
+
+
+def relieve_clashes(context: openmm.Context, positions: np.ndarray, max_iterations: int, max_force: float,
+                    step_nm: float) -> tuple[np.ndarray, int]:
+    """Steepest descent whose largest atomic move is capped, until no atom feels more than ``max_force``.
+
+    Overlapping atoms of a rigidly mapped target have energies of 1e8–1e17 kJ/mol; L-BFGS from there
+    stalls or leaves forces that make the first MD steps explode. A capped step always moves the worst
+    atoms apart by at most ``step_nm`` (grown ×1.2 after a downhill step, cut ×0.2 after an uphill one).
+
+    Parameters
+    ----------
+    context
+        Its current energy terms (restraints included) are what is descended.
+    positions
+        Start ``[n_atoms, 3]``, nm.
+    max_iterations
+        Cap on force evaluations.
+    max_force
+        Stop once the largest per-atom force is below this, kJ/mol/nm.
+    step_nm
+        Initial and largest displacement of the atom with the largest force, nm.
+
+    Returns
+    -------
+    positions, iterations
+        Lowest-energy positions found ``[n_atoms, 3]`` nm (also left in the context) and the number of
+        force evaluations spent.
+    """
+    x = np.asarray(positions, dtype=np.float64)
+    context.setPositions(x)
+    energy, forces = _energy_forces(context)
+    step = step_nm
+    iterations = 0
+    while iterations < max_iterations:
+        norms = np.linalg.norm(np.nan_to_num(forces, nan=0.0, posinf=0.0, neginf=0.0), axis=1)
+        largest = float(norms.max())
+        if largest < max_force and np.isfinite(energy):
+            break
+        if largest == 0.0:
+            break
+        trial = x + np.nan_to_num(forces, nan=0.0, posinf=0.0, neginf=0.0) * (step / largest)
+        context.setPositions(trial)
+        trial_energy, trial_forces = _energy_forces(context)
+        iterations += 1
+        if np.isfinite(trial_energy) and (trial_energy < energy or not np.isfinite(energy)):
+            x, energy, forces = trial, trial_energy, trial_forces
+            step = min(step * 1.2, step_nm)
+        else:
+            step *= 0.2
+            if step < 1e-6:
+                break
+    context.setPositions(x)
+    return x, iterations
 
 
 def relax(
@@ -169,6 +259,9 @@ def relax(
     restraints.set_targets(context, positions)
     context.setPositions(positions)
     restraints.set_strength(context, settings.restraint_k)
+    if settings.clash_iterations:
+        _, timing.clash_iterations = relieve_clashes(context, positions, settings.clash_iterations,
+                                                     settings.clash_force, settings.clash_step_nm)
     openmm.LocalEnergyMinimizer.minimize(context, settings.minimize_tolerance, settings.minimize_iterations)
     timing.minimize_s = time.perf_counter() - start
 
@@ -176,16 +269,27 @@ def relax(
     step_ps = integrator.getStepSize().value_in_unit(u.picosecond)
     total = round(settings.time_ps / step_ps)
     if total > 0:
-        temperature = settings.temperature_k
-        if temperature is None:
-            temperature = integrator.getTemperature().value_in_unit(u.kelvin)
-        context.setVelocitiesToTemperature(temperature * u.kelvin, int(velocity_seed))
+        if settings.velocities == "fresh":
+            temperature = settings.temperature_k
+            if temperature is None:
+                temperature = integrator.getTemperature().value_in_unit(u.kelvin)
+            context.setVelocitiesToTemperature(temperature * u.kelvin, int(velocity_seed))
         stages = min(settings.ramp_stages, total)
         strengths = RelaxSettings(**{**asdict(settings), "ramp_stages": stages}).stage_strengths()
-        with starmd_force_on(context, settings.starmd_force_weight):
-            for k, n in zip(strengths, stage_steps(total, stages), strict=True):
-                restraints.set_strength(context, k)
-                integrator.step(n)
+        friction = None
+        if settings.friction_per_ps is not None:
+            if not hasattr(integrator, "setFriction"):
+                raise StarMDError("RelaxSettings.friction_per_ps needs a Langevin integrator: set it to None")
+            friction = integrator.getFriction()
+            integrator.setFriction(settings.friction_per_ps / u.picosecond)
+        try:
+            with starmd_force_on(context, settings.starmd_force_weight):
+                for k, n in zip(strengths, stage_steps(total, stages), strict=True):
+                    restraints.set_strength(context, k)
+                    integrator.step(n)
+        finally:
+            if friction is not None:
+                integrator.setFriction(friction)
     restraints.set_strength(context, 0.0)
     timing.md_s = time.perf_counter() - start
     timing.steps = total
