@@ -46,15 +46,15 @@ def load_run_record(path: str | os.PathLike) -> dict:
     return record
 
 
-def _raw_fields(record: dict, prefix: str = "") -> dict[str, float]:
-    """Every number whose key mentions raw validity (``raw_*``), flattened with dotted keys."""
+def _raw_fields(record: dict) -> dict[str, float]:
+    """Every number whose key starts with ``raw_`` (at any depth: the simulator keeps them under
+    ``validity``), by its own key."""
     out: dict[str, float] = {}
     for key, value in record.items():
-        name = f"{prefix}{key}"
         if isinstance(value, dict):
-            out.update(_raw_fields(value, f"{name}."))
-        elif "raw" in str(key) and isinstance(value, (int, float)) and not isinstance(value, bool):
-            out[name] = float(value)
+            out.update(_raw_fields(value))
+        elif str(key).startswith("raw_") and isinstance(value, (int, float)) and not isinstance(value, bool):
+            out[str(key)] = float(value)
     return out
 
 
@@ -66,7 +66,9 @@ def run_summary(record: dict) -> dict[str, object]:
     dict
         ``jumps_done``, ``rejected_proposals`` (all reasons), ``rejections`` (by reason),
         ``proposals`` (accepted jumps + rejected proposals), ``rejection_rate`` (rejected / proposals),
-        ``halvings``, ``status``, and every raw-validity number the record holds (keys with ``raw``).
+        ``halvings``, ``status``, and every raw-validity number the record holds (``raw_valid_fraction``,
+        ``raw_proposals``, ... as the simulator names them). A record's own ``validity.rejection_rate``
+        (rejected / raw proposals) replaces the estimate from the counts.
     """
     out: dict[str, object] = {}
     jumps = record.get("jumps_done")
@@ -84,4 +86,7 @@ def run_summary(record: dict) -> dict[str, object]:
         if key in record:
             out[key] = record[key]
     out.update(_raw_fields(record))
+    validity = record.get("validity")
+    if isinstance(validity, dict) and isinstance(validity.get("rejection_rate"), (int, float)):
+        out["rejection_rate"] = float(validity["rejection_rate"])
     return out

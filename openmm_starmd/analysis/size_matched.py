@@ -224,3 +224,23 @@ def size_matched_markdown(result: SizeMatched) -> list[str]:
               + f"; χ1 rotamer transitions {_cell(t.get('rotamer_rate_per_ns'), 2)} per residue per ns at the common "
               f"interval ({_cell(t.get('rotamer_rate_native_per_ns'), 2)} at the reference's own)."]
     return lines
+
+
+def size_matched_files(generated: Sequence[str], reference: Sequence[str], top: str, gen_top: str | None = None,
+                       lag: str | int = "100ps", kind: str = "torsions",
+                       sample_energies: Sequence[np.ndarray] | None = None,
+                       reference_energies: Sequence[np.ndarray] | None = None) -> SizeMatched:
+    """:func:`size_matched` of trajectory files, matched and brought to a common interval as ``starmd validate``
+    does (``lag`` as frames or a time such as ``"100ps"``; energies aligned with the files' frames)."""
+    from openmm_starmd.analysis.matching import load_trajectory, match_atoms, matched_pair
+    from openmm_starmd.analysis.report import common_interval, frame_interval_ps, parse_lag
+
+    refs = [load_trajectory(p, top) for p in reference]
+    gens = [load_trajectory(p, gen_top or top) for p in generated]
+    gen_idx, ref_idx = match_atoms(gens[0].topology, refs[0].topology)
+    gens = [matched_pair(g, refs[0], gen_idx, ref_idx)[0] for g in gens]
+    refs = [r.atom_slice(ref_idx) for r in refs]
+    dt, s_stride, r_stride, _ = common_interval(frame_interval_ps(gens[0]), frame_interval_ps(refs[0]))
+    lag_frames = parse_lag(lag, dt)
+    return size_matched(gens, refs, dt, s_stride, r_stride, lag_ps=lag_frames * (dt or 1.0), kind=kind,
+                        sample_energies=sample_energies, reference_energies=reference_energies)
