@@ -34,9 +34,8 @@ import openmm.unit as u
 from tqdm import tqdm
 
 from openmm_starmd import prep
-from openmm_starmd.analysis.ensemble import compare_ensemble, fit_ensemble_reference
-from openmm_starmd.analysis.matching import load_trajectory, match_atoms, matched_pair
 from openmm_starmd.analysis.report import validate
+from openmm_starmd.analysis.size_matched import size_matched_files
 from openmm_starmd.atomic import atomic_write, atomic_write_json
 from openmm_starmd.data.dataset import find_atlas_folders
 from openmm_starmd.forcefields import build_system
@@ -127,28 +126,18 @@ def hybrid_rollout(pdb: Path, out: Path, time_ps: float, jump_ps: float, model: 
     return record
 
 
-def equal_footing(folder: Path, run_dir: Path) -> dict:
-    """Rollout and MD scored the same way: each one's second half, cut to the same frame count, against
-    the reference's first half (the MD-vs-MD floor's own construction).
+SIZE_MATCHED_KEYS = ("pc_jsd", "torsion_jsd", "chi1_jsd", "rmsf_pearson_r", "decorrelation_ratio")
 
-    ``validate`` scores the whole rollout against the whole reference and compares that with the floor
-    (second half vs first half of the reference); the sample sizes then differ, and JSDs estimated from
-    fewer frames are larger. Here both samples are the same size (the shorter second half, strided) and
-    face the same reference sample, so their ratio isolates the rollout's error."""
+
+def size_matched_row(folder: Path, run_dir: Path, lag: str) -> dict:
+    """The project's size-matched comparison (:func:`openmm_starmd.analysis.size_matched.size_matched`): N rollout
+    frames and N evenly thinned frames of the reference's first halves, each against its second halves."""
     name = folder.name
-    ref = load_trajectory(sorted(folder.glob(f"{name}_R*.xtc"))[0], folder / f"{name}.pdb")
-    gen = load_trajectory(run_dir / "traj.xtc", run_dir / "topology.pdb")
-    gen_idx, ref_idx = match_atoms(gen.topology, ref.topology)
-    gen, ref = matched_pair(gen, ref, gen_idx, ref_idx)
-    first, md_half, gen_half = ref[: ref.n_frames // 2], ref[ref.n_frames // 2:], gen[gen.n_frames // 2:]
-    n = min(md_half.n_frames, gen_half.n_frames)
-    fitted = fit_ensemble_reference([first])
-    out = {"frames": n}
-    for label, half in (("rollout", gen_half), ("md", md_half)):
-        sample = half[:: max(1, half.n_frames // n)][:n]
-        scores = compare_ensemble(fitted, sample, pairwise=False, w2=False)
-        out[label] = {k: scores[k] for k in ("pc_jsd", "torsion_jsd", "rmsf_pearson_r") if k in scores}
-    return out
+    result = size_matched_files([str(run_dir / "traj.xtc")], [str(p) for p in sorted(folder.glob(f"{name}_R*.xtc"))],
+                                str(folder / f"{name}.pdb"), gen_top=str(run_dir / "topology.pdb"), lag=lag)
+    return {"frames": result.frames,
+            "rollout": {k: result.generated[k] for k in SIZE_MATCHED_KEYS if k in result.generated},
+            "md": {k: result.md[k] for k in SIZE_MATCHED_KEYS if k in result.md}}
 
 
 def run_system(folder: Path, out: Path, jump_ps: float, model: str, seed: int, lag: str,
@@ -185,7 +174,7 @@ def run_system(folder: Path, out: Path, jump_ps: float, model: str, seed: int, l
                metrics={k: report["metrics"][k]["value"] for k in METRICS if k in report["metrics"]},
                floor={k: report["metrics"][k]["md_vs_md_floor"] for k in METRICS if k in report["metrics"]},
                floor_method=report["floor_method"], time_note=report["inputs"]["time_note"],
-               equal_footing=equal_footing(folder, run_dir))
+               size_matched=size_matched_row(folder, run_dir, lag))
     return row
 
 
@@ -214,17 +203,17 @@ def goals(rows: list[dict]) -> dict:
         out["tetrapeptide_mean_torsion_jsd"] = {"value": value, "floor": floor, "ratio": _ratio(value, floor),
                                                 "goal": f"<= {FACTOR} x floor", "met": bool(value <= FACTOR * floor),
                                                 "systems": len(tetra)}
-    # Context, not the goals: rollout and MD halves of equal size against the same reference half.
-    if chig and "equal_footing" in chig[0]:
-        e = chig[0]["equal_footing"]
+    # The project's comparison: rollout and MD samples of equal size against the same reference halves.
+    if chig and "size_matched" in chig[0]:
+        e = chig[0]["size_matched"]
         ratio = _ratio(_num(e["rollout"].get("pc_jsd")), _num(e["md"].get("pc_jsd")))
-        out["context_chignolin_pc_jsd_equal_footing"] = {"value": ratio, "goal": f"<= {FACTOR}",
-                                                         "met": bool(ratio <= FACTOR)}
-    sized = [r for r in tetra if "equal_footing" in r]
+        out["chignolin_pc_jsd_size_matched"] = {"value": ratio, "goal": f"<= {FACTOR}",
+                                                "met": bool(ratio <= FACTOR)}
+    sized = [r for r in tetra if "size_matched" in r]
     if sized:
-        value = float(np.nanmean([_num(r["equal_footing"]["rollout"].get("torsion_jsd")) for r in sized]))
-        floor = float(np.nanmean([_num(r["equal_footing"]["md"].get("torsion_jsd")) for r in sized]))
-        out["context_tetrapeptide_torsion_jsd_equal_footing"] = {
+        value = float(np.nanmean([_num(r["size_matched"]["rollout"].get("torsion_jsd")) for r in sized]))
+        floor = float(np.nanmean([_num(r["size_matched"]["md"].get("torsion_jsd")) for r in sized]))
+        out["tetrapeptide_torsion_jsd_size_matched"] = {
             "value": _ratio(value, floor), "rollout": value, "md": floor, "goal": f"<= {FACTOR}",
             "met": bool(value <= FACTOR * floor), "systems": len(sized)}
     return out
@@ -250,17 +239,17 @@ def markdown(rows: list[dict], result: dict) -> str:
         cells = " | ".join(f"{_fmt(m.get(k))} ({_fmt(f.get(k))})" for k in METRICS)
         lines.append(f"| {r['system']} | {r.get('residues', '?')} | {r['rollout_frames']} / {r['reference_frames']} "
                      f"| {r['seconds_per_cycle']:.3f} | {r['rejections']} | {r['failed_cycles']} | {cells} |")
-    sized = [r for r in rows if r.get("equal_footing")]
+    sized = [r for r in rows if r.get("size_matched")]
     if sized:
-        lines += ["", "Equal footing (context): the rollout's second half and the reference's second half, cut to "
-                  "the same frame count, each scored against the reference's first half.", "",
-                  "| System | Frames | PC JSD: rollout / MD | φ/ψ JSD: rollout / MD | RMSF r: rollout / MD |",
-                  "|---|---|---|---|---|"]
+        lines += ["", "Size-matched: N rollout frames and the reference's first halves evenly thinned to the same N "
+                  "frames, each scored against the reference's second halves (TIC1 decorrelation time as a ratio to "
+                  "the second halves').", "",
+                  "| System | Frames | PC JSD: rollout / MD | φ/ψ JSD: rollout / MD | χ1 JSD: rollout / MD "
+                  "| RMSF r: rollout / MD | TIC1 τ ratio: rollout / MD |", "|---|---|---|---|---|---|---|"]
         for r in sized:
-            e = r["equal_footing"]
+            e = r["size_matched"]
             lines.append(f"| {r['system']} | {e['frames']} | " + " | ".join(
-                f"{_fmt(e['rollout'].get(k))} / {_fmt(e['md'].get(k))}"
-                for k in ("pc_jsd", "torsion_jsd", "rmsf_pearson_r")) + " |")
+                f"{_fmt(e['rollout'].get(k))} / {_fmt(e['md'].get(k))}" for k in SIZE_MATCHED_KEYS) + " |")
     lines += ["", "| Goal | Value | Target | Met |", "|---|---|---|---|"]
     for name, g in result["goals"].items():
         lines.append(f"| {name} | {_fmt(g['value'])} | {g['goal']} | {'yes' if g['met'] else 'no'} |")

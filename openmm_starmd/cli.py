@@ -210,6 +210,8 @@ def _run_simulate(args: argparse.Namespace) -> None:
 # -------------------------------------------------------------------------------------- validate
 # (validation issue: `starmd validate GEN.xtc ... --ref REF.xtc ... --top TOP.pdb --out DIR`)
 def _add_validate(sub: argparse._SubParsersAction) -> None:
+    from openmm_starmd.forcefields import PRESETS
+
     p = sub.add_parser("validate",
                        help="compare generated trajectories with reference MD (metrics, report, plots)")
     p.add_argument("generated", nargs="+", help="generated trajectory file(s) (xtc, dcd, ...)")
@@ -223,6 +225,12 @@ def _add_validate(sub: argparse._SubParsersAction) -> None:
                    help="TICA/VAMP features: backbone torsions or CA distances (default torsions)")
     p.add_argument("--windows", type=int, default=5,
                    help="successive windows for the drift table (default 5)")
+    p.add_argument("--forcefield", choices=sorted(PRESETS),
+                   help="also compare potential energies recomputed from the saved frames of both sides with this "
+                        "implicit-solvent preset (e.g. implicit-fast; needs all-atom trajectories)")
+    p.add_argument("--run", help="run.json (or run folder) of the hybrid run that wrote the generated trajectory, for "
+                                 "its rejection rate and raw validity (default: the run.json beside a single "
+                                 "generated trajectory)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
     p.set_defaults(func=_run_validate)
 
@@ -234,7 +242,7 @@ def _run_validate(args: argparse.Namespace) -> None:
         raise StarMDError(f"--windows must be at least 1, got {args.windows}")
     folder = validate(args.generated, args.ref, args.top, args.out, gen_top=args.gen_top, lag=args.lag,
                       features=args.features, windows=args.windows, overwrite=args.overwrite,
-                      progress=sys.stderr.isatty())
+                      progress=sys.stderr.isatty(), forcefield=args.forcefield, run=args.run)
     print(f"wrote {folder}: metrics.json, report.md and plots")
 
 

@@ -49,11 +49,53 @@ def test_validate_writes_metrics_report_and_plots(tmp_path, backbone_gen, capsys
     assert m["break_rate"]["value"] == 0.0 and m["heavy_clash_rate"]["value"] == 0.0  # box ignored
     assert len(data["windows"]) == 3
     assert len(data["per_residue"]["rmsf_sample_nm"]) == 10
+    # only matched atoms are compared: a backbone-only sample leaves no χ on either side
+    assert m["chi1_jsd"]["value"] is None and m["chi1_jsd"]["md_vs_md_floor"] is None
+    assert data["size_matched"]["frames"] == 150 and data["size_matched"]["md"]["torsion_jsd"] > 0
+    assert "energy" not in data and "run" not in data
     report = (out / "report.md").read_text()
     assert "| Ensemble | PC1/PC2 JSD |" in report and "half" in report
-    for name in ("rmsf", "pca_density", "tica_fes", "ramachandran", "autocorrelation", "validity", "drift"):
+    for name in ("rmsf", "pca_density", "tica_fes", "ramachandran", "autocorrelation", "validity", "drift",
+                 "sidechains"):
         assert (out / f"{name}.png").read_bytes()[:8] == PNG_MAGIC, name
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary left over
+
+
+def test_validate_run_folder_with_energies_and_side_chains(tmp_path, capsys):
+    """An all-atom trajectory in a run folder: χ metrics with floors, energies, and the run record."""
+    run = tmp_path / "run"
+    run.mkdir()
+    md.load(REF, top=TOP)[100::4].save_xtc(str(run / "traj.xtc"))  # 50 frames, 40 ps apart
+    (run / "run.json").write_text(json.dumps({
+        "jumps_done": 50, "rejections": {"ca_clash": 5}, "status": "complete",
+        "validity": {"raw_proposals": 55, "raw_valid": 44, "raw_valid_fraction": 0.8, "rejection_rate": 5 / 55}}))
+    out = tmp_path / "report"
+    rc = main(["validate", str(run / "traj.xtc"), "--ref", REF, "--top", TOP, "--out", str(out), "--lag", "40ps",
+               "--forcefield", "implicit-fast"])
+    assert rc == 0, capsys.readouterr().err
+    data = json.loads((out / "metrics.json").read_text())
+    m = data["metrics"]
+    for key in ("chi1_jsd", "chi2_jsd", "rotamer_rate_per_ns", "rotamer_rate_ratio"):
+        assert m[key]["value"] is not None and m[key]["md_vs_md_floor"] is not None, key
+    side = data["per_residue_sidechains"]
+    assert len(side["chi1_residues"]) == 9 and len(side["chi1_jsd_md_vs_md_floor"]) == 9
+    energy = data["energy"]["generated_vs_reference"]
+    assert energy["n_sample"] == 50 and energy["n_reference"] == 300
+    assert -1400 < energy["mean_reference"] < -1000 and 0.5 < energy["sd_ratio"] < 2.0  # same MD on both sides
+    sized = data["size_matched"]
+    assert sized["frames"] == 50 and sized["generated"]["energy_ks"] is not None
+    assert data["run"]["raw_valid_fraction"] == 0.8 and data["run"]["relaxed_valid_fraction"] == 1.0
+    report = (out / "report.md").read_text()
+    for heading in ("## Side chains per residue", "## Size-matched comparison", "## Potential energy",
+                    "## Hybrid run record"):
+        assert heading in report, heading
+
+
+def test_explicit_forcefield_for_energies_exits_2(tmp_path, capsys):
+    out = tmp_path / "out"
+    _fails_with(capsys, ["validate", REF, "--ref", REF, "--top", TOP, "--out", str(out), "--forcefield", "explicit"],
+                "implicit")
+    assert not out.exists()
 
 
 def _fails_with(capsys, argv: list[str], text: str) -> str:

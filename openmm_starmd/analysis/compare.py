@@ -30,6 +30,7 @@ from openmm_starmd.analysis.ensemble import (
     compare_ensemble,
     fit_ensemble_reference,
 )
+from openmm_starmd.analysis.sidechains import SidechainReference, compare_sidechains, fit_sidechain_reference
 from openmm_starmd.analysis.validity import (
     FrameValidity,
     ValidityReference,
@@ -74,12 +75,16 @@ class Comparison:
     info: dict[str, object] = field(default_factory=dict)
 
 
-def _all_metrics(ens: EnsembleReference, dyn: DynamicsReference, val_ref: ValidityReference,
-                 trajs: list[md.Trajectory], dyn_trajs: list[md.Trajectory],
+def _all_metrics(ens: EnsembleReference, dyn: DynamicsReference, side: SidechainReference,
+                 val_ref: ValidityReference, trajs: list[md.Trajectory], dyn_trajs: list[md.Trajectory],
                  validity: list[FrameValidity]) -> tuple[dict[str, float], dict[str, np.ndarray]]:
+    """Every scalar metric, and the curves and per-residue side-chain arrays (keys ``side_*``)."""
     metrics = compare_ensemble(ens, trajs)
     dyn_metrics, curves = compare_dynamics(dyn, dyn_trajs)
     metrics.update(dyn_metrics)
+    side_metrics, per_residue = compare_sidechains(side, trajs, dyn_trajs)
+    metrics.update(side_metrics)
+    curves.update({f"side_{k}": v for k, v in per_residue.items()})
     metrics.update(validity_rates(_join_validity(validity), val_ref))
     return metrics, curves
 
@@ -88,6 +93,15 @@ def _mean(values: list[float]) -> float:
     """Mean of the finite values (NaN if there are none, without a warning)."""
     finite = [v for v in values if np.isfinite(v)]
     return float(np.mean(finite)) if finite else float("nan")
+
+
+def _mean_arrays(arrays: list[np.ndarray]) -> np.ndarray:
+    """Element-wise mean of equal-shape arrays over their finite values (NaN where none is finite)."""
+    stacked = np.stack(arrays)
+    finite = np.isfinite(stacked)
+    count = finite.sum(axis=0)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        return np.where(count > 0, np.where(finite, stacked, 0.0).sum(axis=0) / count, np.nan)
 
 
 def _join_validity(items: list[FrameValidity]) -> FrameValidity:
@@ -179,16 +193,17 @@ def _compare(samples, references, lag, dt_ps, kind, n_windows, sample_stride, re
     bar.set_postfix_str("fit reference")
     ens = fit_ensemble_reference(references)
     dyn = fit_dynamics_reference(dyn_refs, lag, step, kind, max_lag=max_lag)
+    side = fit_sidechain_reference(references, dyn_refs, step)
     ref_validity = [frame_validity(t) for t in references]
     val_ref = fit_validity_reference(_join_validity(ref_validity))
     bar.update()
 
     bar.set_postfix_str("sample vs reference")
     validity = [frame_validity(t) for t in samples]
-    metrics, curves = _all_metrics(ens, dyn, val_ref, samples, dyn_samples, validity)
+    metrics, curves = _all_metrics(ens, dyn, side, val_ref, samples, dyn_samples, validity)
     bar.update()
 
-    floors, floor_windows = [], []
+    floors, floor_windows, floor_side = [], [], []
     sample_len = min(t.n_frames for t in samples)
     bounds = np.linspace(0, sample_len, max(1, min(n_windows, sample_len // WINDOW_MIN_FRAMES)) + 1)
     bounds = bounds.round().astype(int)
@@ -197,12 +212,14 @@ def _compare(samples, references, lag, dt_ps, kind, n_windows, sample_stride, re
         dyn_ref_part, dyn_sample_part = dyn_sets[2 * k], dyn_sets[2 * k + 1]
         f_ens = fit_ensemble_reference([references[j][sl] for j, sl in ref_part])
         f_dyn = fit_dynamics_reference(dyn_ref_part, lag, step, kind, max_lag=max_lag)
+        f_side = fit_sidechain_reference([references[j][sl] for j, sl in ref_part], dyn_ref_part, step)
         f_val = fit_validity_reference(_join_validity([_slice_validity(ref_validity[j], sl)
                                                        for j, sl in ref_part]))
         held_out = [references[j][sl] for j, sl in sample_part]
         held_validity = [_slice_validity(ref_validity[j], sl) for j, sl in sample_part]
-        values, _ = _all_metrics(f_ens, f_dyn, f_val, held_out, dyn_sample_part, held_validity)
+        values, floor_curves = _all_metrics(f_ens, f_dyn, f_side, f_val, held_out, dyn_sample_part, held_validity)
         floors.append(values)
+        floor_side.append({k: v for k, v in floor_curves.items() if k.startswith("side_")})
         # The same window length as the sample's windows, so the drift plot compares like with like.
         length = min(t.n_frames for t in held_out)
         width = min(int(bounds[1] - bounds[0]), length)
@@ -231,6 +248,10 @@ def _compare(samples, references, lag, dt_ps, kind, n_windows, sample_stride, re
         "rmsd_lags_ps": dyn.rmsd_lags * step, "rmsd_lag_sample": curves["rmsd_curve"],
         "rmsd_lag_reference": dyn.rmsd_curve,
         "validity_sample": validity, "validity_reference": ref_validity, "validity_limits": val_ref,
+        "chi1_residues": side.chi1_residues, "chi2_residues": side.chi2_residues,
+        "rotamer_rate_reference": side.rates_per_ns,
+        **{k: v for k, v in curves.items() if k.startswith("side_")},
+        **{f"floor_{k}": _mean_arrays([f[k] for f in floor_side]) for k in floor_side[0]},
     }
     bar.update()
     bar.close()

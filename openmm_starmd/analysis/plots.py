@@ -212,11 +212,41 @@ def plot_drift(cmp: Comparison, path: Path) -> None:
     _save(fig, path)
 
 
+def plot_sidechains(cmp: Comparison, path: Path) -> None:
+    """Per-residue χ1 JSD and χ1 rotamer transition rate: generated, MD-vs-MD floor and reference."""
+    d = cmp.data
+    residues = d["chi1_residues"]
+    fig, (a, b) = plt.subplots(1, 2, figsize=(max(8.0, 0.7 * len(residues)), 3.4), constrained_layout=True)
+    if not residues:
+        for ax in (a, b):
+            ax.text(0.5, 0.5, "no side chains in the matched atoms", ha="center", va="center")
+            ax.set_axis_off()
+        _save(fig, path)
+        return
+    x = np.arange(len(residues))
+    w = 0.38
+    a.bar(x - w / 2, d["side_chi1_jsd"], w, color=GEN_COLOR, label="generated")
+    a.bar(x + w / 2, d["floor_side_chi1_jsd"], w, color=FLOOR_COLOR, label="MD vs MD floor")
+    a.set_ylabel("χ1 JSD (bits)")
+    a.set_title(f"χ1 JSD per residue: mean {cmp.metrics['chi1_jsd']:.3f} (floor {cmp.floor['chi1_jsd']:.3f})",
+                fontsize=9)
+    w = 0.27
+    b.bar(x - w, d["side_rotamer_rate_per_ns"], w, color=GEN_COLOR, label="generated")
+    b.bar(x, d["floor_side_rotamer_rate_per_ns"], w, color=FLOOR_COLOR, label="MD vs MD floor (held-out part)")
+    b.bar(x + w, d["rotamer_rate_reference"], w, color=REF_COLOR, label="reference MD")
+    b.set_ylabel("χ1 rotamer transitions per ns")
+    b.set_title("χ1 rotamer-well changes (g+, g−, t) per residue per ns", fontsize=9)
+    for ax in (a, b):
+        ax.set_xticks(x, residues, rotation=45, fontsize=8)
+        ax.legend(fontsize=7)
+    _save(fig, path)
+
+
 def write_plots(cmp: Comparison, folder: Path) -> list[Path]:
     """Write every figure as ``folder/NAME.png``; returns the paths."""
     plotters = {"rmsf": plot_rmsf, "pca_density": plot_pca, "tica_fes": plot_tica,
                 "ramachandran": plot_ramachandran, "autocorrelation": plot_autocorrelation,
-                "validity": plot_validity, "drift": plot_drift}
+                "validity": plot_validity, "drift": plot_drift, "sidechains": plot_sidechains}
     paths = []
     for name, fn in plotters.items():
         fn(cmp, folder / f"{name}.png")
