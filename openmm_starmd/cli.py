@@ -125,7 +125,11 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("train", help="train a STAR-MD model on reference trajectories (ATLAS layout)")
     p.add_argument("data", nargs="+", help="trajectory folder(s) NAME/ with NAME.pdb and NAME_R*.xtc")
     p.add_argument("-o", "--output", required=True, help="model folder to write")
-    p.add_argument("--preset", default="small", choices=["tiny", "small", "base"], help="model size (default small)")
+    p.add_argument("--preset", choices=["tiny", "small", "base"],
+                   help="model size (default small; with --init the checkpoint's)")
+    p.add_argument("--init", metavar="MODEL",
+                   help="fine-tune: start from `default` (the shipped model) or a model folder; its config is "
+                        "kept, the optimiser and learning-rate schedule start afresh")
     p.add_argument("--steps", type=int, default=2000, help="optimiser steps (default 2000)")
     p.add_argument("--batch-size", type=int, default=4, help="windows per step and rank (default 4)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
@@ -133,6 +137,10 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--window", type=int, help="frames per training window K (default: the preset's)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="last fraction of each trajectory held out for validation (default 0.1)")
+    p.add_argument("--val-systems", metavar="NAME[,NAME...]", default="",
+                   help="systems held out of training entirely; their loss is reported as `unseen`")
+    p.add_argument("--val-system-fraction", type=float, default=0.0,
+                   help="fraction of the systems held out entirely, drawn from --seed (default 0)")
     p.add_argument("--val-every", type=int, default=200, help="steps between validation losses (default 200)")
     p.add_argument("--checkpoint-every", type=int, default=500, help="steps between checkpoints (default 500)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
@@ -158,11 +166,15 @@ def _run_train(args: argparse.Namespace) -> None:
         args.data, args.output, preset_name=args.preset, steps=args.steps, batch_size=args.batch_size, lr=args.lr,
         warmup_steps=args.warmup, window=args.window, val_fraction=args.val_fraction, val_every=args.val_every,
         checkpoint_every=args.checkpoint_every, seed=args.seed, device=args.device, resume=args.resume,
-        overwrite=args.overwrite, workers=args.workers,
+        overwrite=args.overwrite, workers=args.workers, init=args.init,
+        val_systems=[n.strip() for n in args.val_systems.split(",") if n.strip()],
+        val_system_fraction=args.val_system_fraction,
     )
     if summary is not None:
+        unseen = (f", unseen-system loss {summary['unseen_loss']:.4f} ({len(summary['held_out_systems'])} held out)"
+                  if summary["unseen_loss"] is not None else "")
         print(f"wrote {args.output}: {summary['step']} steps, train loss {summary['train_loss']:.4f}, "
-              f"val loss {summary['val_loss']}, {summary['wall_s']:.0f} s")
+              f"val loss {summary['val_loss']}{unseen}, {summary['wall_s']:.0f} s")
 
 
 # -------------------------------------------------------------------------------------- simulate

@@ -104,7 +104,7 @@ class Trainer:
         Model configuration (ignored on resume: the checkpoint's is used).
     train_data, val_data
         Map-style datasets of windows (see :class:`openmm_starmd.data.dataset.TrajectoryWindows`);
-        ``val_data`` may be None.
+        ``val_data`` (the in-time split of the training systems) may be None.
     out_dir
         Model folder to write (see module docstring).
     options
@@ -117,11 +117,20 @@ class Trainer:
         Allow writing into an existing non-empty ``out_dir`` when not resuming.
     device
         ``"cpu"``, ``"cuda"`` or None (CUDA if available; under DDP the local rank's GPU).
+    init_weights
+        Starting weights (fine-tuning; must match ``config``); None: a fresh initialisation. Ignored on resume.
+    record
+        JSON-able facts about the run saved in ``model.json``'s metadata and ``train/state.json`` (e.g.
+        ``"init"``: the checkpoint it started from; ``"held_out_systems"``); on resume the saved record stands.
+    unseen_data
+        Windows of systems never trained on; their loss is reported as ``unseen_loss`` beside ``val_loss``.
     """
 
     def __init__(
         self, config: ModelConfig, train_data: Any, val_data: Any, out_dir: str | Path, options: TrainOptions,
         collate: Any, resume: bool = False, overwrite: bool = False, device: str | None = None,
+        init_weights: dict[str, torch.Tensor] | None = None, record: dict[str, Any] | None = None,
+        unseen_data: Any = None,
     ) -> None:
         self.rank, self.world = ddp.rank_and_world()
         self.device = ddp.pick_device(device)
@@ -129,15 +138,19 @@ class Trainer:
         self.options = options
         self.step = 0
         self.history: list[dict[str, float]] = []
+        self.record = dict(record or {})
         state = None
         if resume:
             state = self._read_state()
             config = ModelConfig.from_dict(state["config"])
+            self.record = dict(state.get("record", {}))
         elif self.rank == 0:
             check_output_dir(self.out_dir, overwrite)
         self.config = config
         torch.manual_seed(options.seed)  # identical initial weights on every rank
         self.net = StarMDNetwork(config).to(self.device)
+        if init_weights is not None and state is None:
+            self.net.load_state_dict(init_weights)  # strict: the caller took the config from the same checkpoint
         self.ema = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
         self.module = ddp.wrap(LossModule(self.net), self.device)
         decay, no_decay = [], []
@@ -153,12 +166,17 @@ class Trainer:
         self.sampler = BatchSampler(train_data, options.batch_size, options.seed * 7919 + self.rank, collate,
                                     workers=options.workers, start=self.step, pin_memory=self.device.type == "cuda")
         self.noise = torch.Generator(device=self.device).manual_seed(options.seed * 104729 + self.rank + self.step)
-        self.val_batches: list[dict[str, torch.Tensor]] = []
         if state is not None and self.rank == 0:  # rank 0 continues its noise stream exactly
             self.noise.set_state(self._rng_state["rng.noise"].to(self.noise.get_state().device))
-        if val_data is not None and len(val_data) > 0:
-            vs = BatchSampler(val_data, options.batch_size, 4242, collate)
-            self.val_batches = [vs.next() for _ in range(options.val_batches)]
+        self.val_batches = self._fixed_batches(val_data, collate)
+        self.unseen_batches = self._fixed_batches(unseen_data, collate)
+
+    def _fixed_batches(self, data: Any, collate: Any) -> list[dict[str, torch.Tensor]]:
+        """``options.val_batches`` batches of ``data``, the same on every call (empty without data)."""
+        if data is None or len(data) == 0:
+            return []
+        sampler = BatchSampler(data, self.options.batch_size, 4242, collate)
+        return [sampler.next() for _ in range(self.options.val_batches)]
 
     # ------------------------------------------------------------------ state
     def _read_state(self) -> dict[str, Any]:
@@ -182,7 +200,8 @@ class Trainer:
         """Write a complete checkpoint (rank 0 only; other ranks return at once)."""
         if self.rank != 0:
             return
-        meta = {"step": self.step, "parameters": count_parameters(self.net), "history": self.history[-50:]}
+        meta = {"step": self.step, "parameters": count_parameters(self.net), **self.record,
+                "history": self.history[-50:]}
         save_model(self.out_dir, self.net, meta, state_dict=self.ema)
         (self.out_dir / "train").mkdir(exist_ok=True)
         live = dict(self.net.state_dict())
@@ -192,7 +211,7 @@ class Trainer:
             torch.save(self.optimizer.state_dict(), handle)
         atomic_write_json(self.out_dir / "train" / "state.json", {
             "step": self.step, "config": self.config.to_dict(), "options": dataclasses.asdict(self.options),
-            "history": self.history, "world_size": self.world,
+            "history": self.history, "world_size": self.world, "record": self.record,
         })
 
     # ------------------------------------------------------------------ loop
@@ -205,15 +224,17 @@ class Trainer:
             else:
                 self.ema[k].copy_(v)
 
-    def validation_loss(self, use_ema: bool = True) -> float:
-        """Loss on the fixed validation batches (EMA weights by default); NaN without validation data."""
-        if not self.val_batches:
+    def validation_loss(self, use_ema: bool = True, unseen: bool = False) -> float:
+        """Loss on the fixed validation batches (EMA weights by default): the in-time split, or with
+        ``unseen`` the held-out systems; NaN without such data."""
+        batches = self.unseen_batches if unseen else self.val_batches
+        if not batches:
             return float("nan")
         net = self.net
         if use_ema:
             net = StarMDNetwork(self.config).to(self.device)
             net.load_state_dict(self.ema)
-        return evaluate(net, self.val_batches)
+        return evaluate(net, batches)
 
     def train_step(self) -> dict[str, float]:
         batch = _to_device(self.sampler.next(), self.device)
@@ -245,15 +266,21 @@ class Trainer:
             bar.update(1)
             bar.set_postfix(loss=f"{running:.4f}")
             record: dict[str, float] = {"step": self.step, "loss": running}
-            if self.val_batches and (self.step % opts.val_every == 0 or self.step == opts.steps):
-                record["val_loss"] = self.validation_loss()
-                bar.write(f"step {self.step}: train {running:.4f} val {record['val_loss']:.4f}")
-            if "val_loss" in record or self.step % 50 == 0:
+            if self.step % opts.val_every == 0 or self.step == opts.steps:
+                if self.val_batches:
+                    record["val_loss"] = self.validation_loss()
+                if self.unseen_batches:
+                    record["unseen_loss"] = self.validation_loss(unseen=True)
+                if len(record) > 2:
+                    bar.write(f"step {self.step}: train {running:.4f} "
+                              + " ".join(f"{k.replace('_loss', '')} {record[k]:.4f}" for k in list(record)[2:]))
+            if len(record) > 2 or self.step % 50 == 0:
                 self.history.append(record)
             if self.step % opts.checkpoint_every == 0 or self.step == opts.steps:
                 self.save()
         bar.close()
         self.save()
         ddp.barrier()
+        last = self.history[-1] if self.history else {}
         return {"step": self.step, "train_loss": running, "wall_s": time.perf_counter() - start,
-                "val_loss": self.history[-1].get("val_loss") if self.history else None}
+                "val_loss": last.get("val_loss"), "unseen_loss": last.get("unseen_loss"), **self.record}
