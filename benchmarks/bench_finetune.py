@@ -298,7 +298,8 @@ def main() -> None:
         "scores": score(runs, test, load_trajectory(top, top), n),
         "held_out_loss": held_out_loss({"default": default_folder, "finetuned": str(model_dir)}, test_folder,
                                        args.loss_batches, args.batch_size, args.seed),
-        "machine": f"{os.cpu_count()}-core CPU, 1 torch thread, shared with other jobs (load average 15-18)",
+        "machine": f"{os.cpu_count()}-core CPU, 1 torch thread, shared with other jobs; load average at scoring "
+                   f"{os.getloadavg()[1]:.1f} (5 min), so wall times are not speed figures",
     }
     result["description"] = (
         f"Training data: {result['train']}; test replica: {result['test']}; {ft['stride_ps']:g} ps frames. "
