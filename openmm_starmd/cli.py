@@ -53,10 +53,15 @@ def _run_prepare(args: argparse.Namespace) -> None:
 def _add_md(sub: argparse._SubParsersAction) -> None:
     from openmm_starmd.forcefields import DEFAULT_PRESET, PRESETS
 
-    p = sub.add_parser("md", help="plain OpenMM reference MD in the ATLAS layout")
-    p.add_argument("input", help="prepared PDB (from `starmd prepare`)")
+    p = sub.add_parser("md", help="plain OpenMM reference MD in the ATLAS layout (one system or a corpus)")
+    p.add_argument("input", nargs="+",
+                   help="prepared PDB (from `starmd prepare`); or, to build a corpus, several inputs: "
+                        "structure files, folders of them, sequences (AKWD), bioemu:[NAME or glob] "
+                        "(designed mini-proteins of bioemu-benchmarks), or a list file of these, one per line")
     p.add_argument("-o", "--output", required=True, help="output root; writes OUTPUT/NAME/")
-    p.add_argument("--name", help="system name (default: input file stem)")
+    p.add_argument("--name", help="system name (default: input file stem; one input only)")
+    p.add_argument("--shard", help="build shard I of N of a corpus, e.g. 2/8 (SLURM array: "
+                                   "$((SLURM_ARRAY_TASK_ID + 1))/N); the shards together equal one process")
     p.add_argument("--time", default="10ns", help="saved time per replica, e.g. 500ps, 10ns (default 10ns)")
     p.add_argument("--stride", default="10ps", help="time between saved frames (default 10ps)")
     p.add_argument("--equilibration", default="200ps", help="equilibration before saving (default 200ps)")
@@ -64,10 +69,12 @@ def _add_md(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--forcefield", default=DEFAULT_PRESET, choices=sorted(PRESETS), help="force-field preset")
     p.add_argument("--temperature", type=float, default=300.0, help="temperature in K (default 300)")
     p.add_argument("--friction", type=float, default=1.0, help="friction in 1/ps (default 1)")
-    p.add_argument("--seed", type=int, default=0, help="random seed (replica k uses seed + k)")
+    p.add_argument("--seed", type=int, default=0,
+                   help="random seed (replica k uses seed + k; in a corpus each system hashes it with its name)")
     p.add_argument("--platform", help="OpenMM platform (default: fastest available)")
-    p.add_argument("--resume", action="store_true", help="continue an interrupted run from its checkpoint")
-    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted run from its checkpoint (a corpus always resumes)")
+    p.add_argument("--overwrite", action="store_true", help="replace an existing output folder (one input only)")
     p.add_argument("--checkpoint-interval", type=float, default=60.0,
                    help="wall-clock seconds between checkpoints (default 60; 0: after every frame)")
     p.add_argument("--no-progress", action="store_true", help="hide the progress bar")
@@ -75,19 +82,37 @@ def _add_md(sub: argparse._SubParsersAction) -> None:
 
 
 def _run_md(args: argparse.Namespace) -> None:
-    from openmm_starmd import reference
+    from pathlib import Path
+
+    from openmm_starmd import corpus, reference
     from openmm_starmd.units import parse_time
 
     if args.replicas < 1:
         raise StarMDError(f"--replicas must be at least 1, got {args.replicas}")
     equilibration = args.equilibration.strip()
+    time_ps, stride_ps = parse_time(args.time, "--time"), parse_time(args.stride, "--stride")
+    equilibration_ps = 0.0 if equilibration in ("0", "0ps", "0ns") else parse_time(equilibration, "--equilibration")
+    single = (len(args.input) == 1 and args.shard is None
+              and Path(args.input[0]).suffix.lower() in corpus.STRUCTURE_SUFFIXES)
+    if not single:
+        if args.name or args.overwrite:
+            raise StarMDError(f"{'--name' if args.name else '--overwrite'} applies to one input file only: a "
+                              "corpus names systems after their inputs and never replaces finished ones")
+        shard = corpus.parse_shard(args.shard) if args.shard else (1, 1)
+        settings = corpus.CorpusSettings(
+            time_ps=time_ps, stride_ps=stride_ps, equilibration_ps=equilibration_ps, replicas=args.replicas,
+            forcefield=args.forcefield, temperature_k=args.temperature, friction_per_ps=args.friction,
+            seed=args.seed)
+        entries = corpus.build_corpus(args.input, args.output, settings, shard=shard, platform=args.platform,
+                                      checkpoint_interval_s=args.checkpoint_interval,
+                                      show_progress=not args.no_progress)
+        print(f"shard {shard[0]}/{shard[1]}: {len(entries)} systems finished in {args.output} "
+              f"(manifest.shard-{shard[0]}-of-{shard[1]}.jsonl)")
+        return
     folder = reference.run_reference_md(
-        args.input, args.output, name=args.name,
-        time_ps=parse_time(args.time, "--time"), stride_ps=parse_time(args.stride, "--stride"),
-        equilibration_ps=0.0 if equilibration in ("0", "0ps", "0ns") else parse_time(equilibration,
-                                                                                      "--equilibration"),
-        replicas=args.replicas, forcefield=args.forcefield, temperature_k=args.temperature,
-        friction_per_ps=args.friction, seed=args.seed, platform=args.platform,
+        args.input[0], args.output, name=args.name, time_ps=time_ps, stride_ps=stride_ps,
+        equilibration_ps=equilibration_ps, replicas=args.replicas, forcefield=args.forcefield,
+        temperature_k=args.temperature, friction_per_ps=args.friction, seed=args.seed, platform=args.platform,
         resume=args.resume, overwrite=args.overwrite, checkpoint_interval_s=args.checkpoint_interval,
         show_progress=not args.no_progress,
     )

@@ -251,7 +251,7 @@ def _metadata(run: dict, plan: dict, preset: ForceFieldPreset, topology: app.Top
     dt = preset.timestep_ps
     n_residues = len({atom.residue.index for atom in list(topology.atoms())[:n_keep]})
     return {
-        "name": run["name"], "source": run["source"], "sequence": None, "chain": None,
+        "name": run["name"], "source": run["source"], "sequence": run.get("sequence"), "chain": None,
         "forcefield": list(preset.files), "preset": preset.name, "solvent": preset.solvent,
         "nonbonded": preset.nonbonded_method,
         "nonbonded_cutoff_nm": None if preset.nonbonded_method == "NoCutoff" else preset.nonbonded_cutoff_nm,
@@ -309,6 +309,8 @@ def run_reference_md(
     overwrite: bool = False,
     checkpoint_interval_s: float = 60.0,
     show_progress: bool = True,
+    source: str | None = None,
+    sequence: str | None = None,
 ) -> Path:
     """Run plain OpenMM Langevin MD of a prepared protein and write ``output/name`` in the ATLAS layout.
 
@@ -339,6 +341,9 @@ def run_reference_md(
         Wall-clock seconds between checkpoints; 0 checkpoints after every frame.
     show_progress
         Show a tqdm bar per replica with ns/day and time left.
+    source, sequence
+        Origin recorded in ``NAME_R{k}.json``: default the input file name; a peptide built from a
+        sequence records ``source`` None and its ``sequence``, as the shared reference data does.
 
     Returns
     -------
@@ -359,7 +364,8 @@ def run_reference_md(
     system, sim_topology, sim_positions = build_system(topology, positions, preset)
     chosen_platform = fastest_platform(platform)
     run = {
-        "name": name, "source": input_path.name, "input_sha256": hashlib.sha256(input_path.read_bytes()).hexdigest(),
+        "name": name, "source": None if sequence else source or input_path.name, "sequence": sequence,
+        "input_sha256": hashlib.sha256(input_path.read_bytes()).hexdigest(),
         "preset": preset.name,
         "temperature_k": float(temperature_k), "friction_per_ps": float(friction_per_ps),
         "time_ps": float(time_ps), "stride_ps": float(stride_ps), "equilibration_ps": float(equilibration_ps),
