@@ -30,8 +30,8 @@ import torch
 
 from openmm_starmd.atomic import atomic_write, atomic_write_json
 from openmm_starmd.data.featurize import featurize_topology
-from openmm_starmd.generate import model_folder, resolve_device, run_rollout
-from openmm_starmd.model.checkpoint import load_model
+from openmm_starmd.generate import run_rollout
+from openmm_starmd.model.checkpoint import load_model, model_folder, resolve_device
 from openmm_starmd.rollout import Rollout
 from openmm_starmd.simulation.reconstruct import AtomMap
 from openmm_starmd.units import ns_per_day

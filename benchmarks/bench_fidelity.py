@@ -39,9 +39,8 @@ from openmm_starmd.analysis.size_matched import size_matched_files
 from openmm_starmd.atomic import atomic_write, atomic_write_json
 from openmm_starmd.data.dataset import find_atlas_folders
 from openmm_starmd.forcefields import build_system
-from openmm_starmd.model.checkpoint import WEIGHTS_NAME
+from openmm_starmd.model.checkpoint import DEFAULT_MODEL, WEIGHTS_NAME, default_model_path
 from openmm_starmd.simulation import JumpLogReporter, JumpRejectedError, RelaxSettings, StarMDSimulation
-from openmm_starmd.simulation.proposer import DEFAULT_MODEL, default_model_path
 from openmm_starmd.units import parse_time
 
 METRICS = ("rmsf_pearson_r", "pc_jsd", "torsion_jsd", "tic_jsd", "invalid_rate")

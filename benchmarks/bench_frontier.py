@@ -48,8 +48,8 @@ from openmm_starmd.analysis.validity import frame_validity
 from openmm_starmd.atomic import atomic_write, atomic_write_json
 from openmm_starmd.data.dataset import find_atlas_folders
 from openmm_starmd.forcefields import PRESETS, build_system, fastest_platform, make_integrator
+from openmm_starmd.model.checkpoint import default_model_path
 from openmm_starmd.simulation import JumpRejectedError, RelaxSettings
-from openmm_starmd.simulation.proposer import default_model_path
 from openmm_starmd.simulation.run import run_simulation
 from openmm_starmd.units import format_time, ns_per_day, parse_time
 

@@ -24,8 +24,8 @@ from openmm_starmd import prep
 from openmm_starmd.forcefields import build_system
 from openmm_starmd.simulation import JumpRejectedError, StarMDSimulation
 from openmm_starmd.simulation.guards import OPENMM_ERROR
+from openmm_starmd.simulation.proposer import resolve_proposer
 from openmm_starmd.simulation.relax import RelaxSettings, relieve_clashes, stage_steps
-from openmm_starmd.simulation.run import make_proposer
 
 torch.set_num_threads(1)
 OLD = "--old" in sys.argv
@@ -120,7 +120,7 @@ class Traced(StarMDSimulation):
 
 
 relax_settings = RelaxSettings(time_ps=1.0, clash_iterations=0) if OLD else RelaxSettings()
-sim = Traced(top, system, make_proposer("default", top), jump=1000.0, relax=relax_settings, seed=1)
+sim = Traced(top, system, resolve_proposer("default", top), jump=1000.0, relax=relax_settings, seed=1)
 sim.context.setPositions(pos)
 t0 = time.time()
 failed = 0

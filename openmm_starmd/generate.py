@@ -28,7 +28,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import platform as py_platform
 import time
 from pathlib import Path
 from typing import Any
@@ -38,9 +37,10 @@ import numpy as np
 import torch
 from tqdm import tqdm
 
-from openmm_starmd import __version__
 from openmm_starmd.atomic import atomic_write, atomic_write_json, check_output_dir, temporary_path
 from openmm_starmd.errors import StarMDError
+from openmm_starmd.model.checkpoint import model_folder, resolve_device
+from openmm_starmd.runfolder import software_versions, truncate_xtc
 from openmm_starmd.units import format_time, ns_per_day
 
 ATOMS = ("backbone", "all")
@@ -49,75 +49,9 @@ LOG_FIELDS = ("jump", "replica", "time_ps", "valid", "ca_breaks", "ca_clashes", 
               "max_ca_bond_nm", "min_ca_nonbonded_nm", "min_heavy_nonbonded_nm", "model_s")
 
 
-def resolve_device(name: str | torch.device) -> torch.device:
-    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:k`` as a torch device.
-
-    Raises
-    ------
-    StarMDError
-        If the name is not one of these or names a GPU that is not there.
-    """
-    text = str(name).strip().lower()
-    if text == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(text)
-    except (RuntimeError, ValueError):
-        raise StarMDError(f"unknown device {name!r}: give auto, cpu, cuda or cuda:K") from None
-    if device.type == "cpu":
-        return torch.device("cpu")
-    if device.type != "cuda":
-        raise StarMDError(f"device {name!r} is not supported: give auto, cpu, cuda or cuda:K")
-    count = torch.cuda.device_count() if torch.cuda.is_available() else 0
-    index = 0 if device.index is None else device.index
-    if index >= count:
-        raise StarMDError(f"device {name!r} is not available here ({count} CUDA device(s)): use --device cpu or auto")
-    return torch.device("cuda", index)
-
-
-def model_folder(spec: str | os.PathLike) -> Path:
-    """The checkpoint folder of ``--model`` (``default``: the shipped model), checked to hold a model."""
-    from importlib import resources
-
-    # the shipped model (openmm_starmd/weights/), the same folder as the simulator's "default"
-    path = Path(str(resources.files("openmm_starmd") / "weights")) if str(spec) == "default" else Path(spec)
-    folder = path.parent if path.is_file() else path
-    missing = [n for n in ("model.json", "model.safetensors") if not (folder / n).is_file()]
-    if missing:
-        raise StarMDError(f"model {spec} is not a STAR-MD checkpoint folder (no {' or '.join(missing)}): give a "
-                          "folder written by `starmd train`, or default")
-    return folder.resolve()
-
-
 def trajectory_paths(out: Path, replicas: int) -> list[Path]:
     """``traj.xtc`` for one replica, ``traj_R{k}.xtc`` (k = 0..R−1) for an ensemble."""
     return [out / "traj.xtc"] if replicas == 1 else [out / f"traj_R{k}.xtc" for k in range(replicas)]
-
-
-def _versions() -> dict[str, str]:
-    import openmm
-
-    return {"openmm_starmd": __version__, "openmm": openmm.__version__, "torch": torch.__version__,
-            "numpy": np.__version__, "mdtraj": md.__version__, "python": py_platform.python_version()}
-
-
-def _cut_xtc(path: Path, n_frames: int) -> None:
-    """Keep the first ``n_frames`` frames of an XTC file (atomically)."""
-    if n_frames == 0 or not path.exists():
-        path.unlink(missing_ok=True)
-        return
-    with md.formats.XTCTrajectoryFile(str(path), "r") as handle:
-        xyz, times, steps, box = handle.read(n_frames=n_frames)
-    if len(xyz) < n_frames:
-        raise StarMDError(f"{path} holds {len(xyz)} frames but the saved state is at jump {n_frames}: the run "
-                          "folder is damaged, start again with --overwrite")
-    tmp = temporary_path(path)
-    try:
-        with md.formats.XTCTrajectoryFile(str(tmp), "w") as handle:
-            handle.write(xyz, time=times, step=steps, box=box)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _append_xtc(path: Path, xyz: np.ndarray, times: np.ndarray, steps: np.ndarray) -> None:
@@ -196,7 +130,7 @@ class _Trajectories:
     def cut_back(self, jumps: int, replicas: int) -> None:
         """Cut trajectories and log back to ``jumps`` saved jumps (after an interruption)."""
         for path in self.paths:
-            _cut_xtc(path, jumps)
+            truncate_xtc(path, jumps)
         log = self.out / "log.csv"
         lines = log.read_text(encoding="utf-8").splitlines(keepends=True) if log.exists() else []
         if jumps == 0:
@@ -299,7 +233,7 @@ def run_rollout(
         raise StarMDError(f"save_every_s must be >= 0, got {save_every_s}")
     replicas, seed = int(replicas), int(seed)
     dev = resolve_device(device)
-    folder = model_folder(model)
+    folder = model_folder(model).resolve()
     net, _config = load_model(folder, dev)
     if not resume:
         prepared = prep.prepare(input_path)
@@ -328,7 +262,7 @@ def run_rollout(
                 "replicas": replicas, "seed": seed, "device": str(dev), "model": str(folder), "atoms": atoms,
                 "window": rollout.window, "num_sampler_steps": net.config.num_sampler_steps,
                 "raw": "model draws only: no OpenMM relaxation, no guards, no re-draws"}
-    record: dict[str, Any] = {"settings": settings, "versions": _versions(), "status": "running",
+    record: dict[str, Any] = {"settings": settings, "versions": software_versions(), "status": "running",
                               "jumps_done": done, "jumps_total": total}
     atomic_write_json(out / "run.json", record)
 

@@ -80,6 +80,8 @@ def test_missing_model_is_a_one_line_error(tmp_path, capsys):
     (["--device", "tpu"], "unknown device 'tpu'"),
     (["--jump", "2ns"], "shorter than one 2 ns jump"),
     (["--replicas", "0"], "--replicas must be a whole number of at least 1"),
+    (["--temperature", "350"], "the model was trained at 300 K without a temperature condition"),
+    (["--temperature", "350", "--replicas", "2"], "the model was trained at 300 K without a temperature condition"),
 ])
 def test_bad_arguments_fail_in_one_line_and_write_nothing(tmp_path, capsys, option, message):
     out = tmp_path / "R"

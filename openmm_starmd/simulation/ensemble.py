@@ -117,6 +117,12 @@ class ReplicaProposer(Proposer):
         self.prefetched = None
         self.batch.reset_replica(self.k)
 
+    def set_temperature(self, temperature_k: float) -> None:
+        from openmm_starmd.model.config import check_temperature
+
+        check_temperature(self.model.config, temperature_k)
+        self.batch.rollout.temperature_k = float(temperature_k)  # the same for every replica
+
     def state_dict(self) -> dict[str, Any]:
         prefix = f"r{self.k}."
         return {name[len(prefix):]: x for name, x in self.batch.rollout.state_dict().items()

@@ -102,7 +102,8 @@ class StarMDSimulation(app.Simulation):
     seed
         Seeds the proposer's and the relaxation's random numbers (and the default integrator).
     temperature
-        Temperature of the default integrator (Quantity or K).
+        Temperature of the default integrator and of the proposer (Quantity or K): a STAR-MD model
+        conditions on it, or refuses one it was not trained for (``check_temperature``).
     prior_positions
         Positions (nm, [n_atoms, 3]) that condition the learned-prior force, needed only when
         ``relax.starmd_force_weight`` is not 0 (e.g. the start structure).
@@ -140,6 +141,7 @@ class StarMDSimulation(app.Simulation):
         self.atom_map = AtomMap(topology)
         self.guard = Guard(topology, self.atom_map.backbone, self.guard_settings)
         self.proposer = resolve_proposer(proposer, topology, device=device)
+        self.proposer.set_temperature(to_kelvin(temperature))
         system = copy.deepcopy(system)
         self.restraints = BackboneRestraints(self.atom_map.restrained_atoms)
         restraint_group = self.restraints.add_to(system)

@@ -74,6 +74,10 @@ class Proposer(ABC):
         """Where ``propose`` draws: the simulation creates its generator there."""
         return torch.device("cpu")
 
+    def set_temperature(self, temperature_k: float) -> None:  # noqa: B027 - temperature-blind default
+        """The simulation's temperature (K): a learned proposer conditions on it, or refuses one it was not
+        trained for (:class:`~openmm_starmd.errors.StarMDError`)."""
+
     def state_dict(self) -> dict[str, Any]:
         """Everything needed to continue exactly: tensors, ints, floats, strings or lists of them."""
         return {}
@@ -195,6 +199,7 @@ class StarMDProposer(Proposer):
         self.model = model
         self.window = window
         self.num_steps = num_steps
+        self.temperature_k: float | None = None
         self.features = featurize_topology(topology)
         self.reset()
 
@@ -205,7 +210,14 @@ class StarMDProposer(Proposer):
     def reset(self) -> None:
         from openmm_starmd.rollout import Rollout
 
-        self.rollout = Rollout(self.model, self.features, window=self.window, num_steps=self.num_steps)
+        self.rollout = Rollout(self.model, self.features, window=self.window, num_steps=self.num_steps,
+                               temperature_k=self.temperature_k)
+
+    def set_temperature(self, temperature_k: float) -> None:
+        from openmm_starmd.model.config import check_temperature
+
+        check_temperature(self.model.config, temperature_k)
+        self.temperature_k = self.rollout.temperature_k = float(temperature_k)
 
     def push(self, rotations: torch.Tensor, translations: torch.Tensor) -> None:
         self.rollout.push(rotations.float(), translations.float())

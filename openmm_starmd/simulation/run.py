@@ -13,24 +13,21 @@ import io
 import json
 import math
 import os
-import platform as py_platform
 import time
 from pathlib import Path
 from typing import Any
 
 import mdtraj as md
 import numpy as np
-import openmm
 import openmm.app as app
 import openmm.unit as u
-import torch
 from tqdm import tqdm
 
-from openmm_starmd import __version__
 from openmm_starmd.analysis.validity import frame_validity
-from openmm_starmd.atomic import atomic_write, atomic_write_json, check_output_dir, temporary_path
+from openmm_starmd.atomic import atomic_write, atomic_write_json, check_output_dir
 from openmm_starmd.errors import StarMDError
 from openmm_starmd.model.checkpoint import DEFAULT_MODEL, resolve_device
+from openmm_starmd.runfolder import software_versions, truncate_xtc
 from openmm_starmd.simulation.ensemble import StarMDEnsemble
 from openmm_starmd.simulation.guards import GuardSettings
 from openmm_starmd.simulation.hybrid import JumpRejectedError, StarMDSimulation
@@ -73,34 +70,10 @@ class ProgressReporter:
         self._bar.close()
 
 
-def _truncate_xtc(path: Path, n_frames: int) -> None:
-    """Keep the first ``n_frames`` frames of an XTC file (atomically); a partial last frame is dropped."""
-    if n_frames == 0 or not path.exists():
-        path.unlink(missing_ok=True)
-        return
-    with md.formats.XTCTrajectoryFile(str(path), "r") as handle:
-        xyz, times, steps, box = handle.read(n_frames=n_frames)
-    if len(xyz) < n_frames:
-        raise StarMDError(f"{path} holds {len(xyz)} frames but the checkpoint is at jump {n_frames}: "
-                          "the run folder is damaged, start again with --overwrite")
-    tmp = temporary_path(path)
-    try:
-        with md.formats.XTCTrajectoryFile(str(tmp), "w") as handle:
-            handle.write(xyz, time=times, step=steps, box=box)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def _truncate_log(path: Path, n_rows: int) -> None:
     lines = path.read_text(encoding="utf-8").splitlines(keepends=True) if path.exists() else []
     with atomic_write(path) as handle:
         handle.writelines(lines[:1 + n_rows])
-
-
-def _versions() -> dict[str, str]:
-    return {"openmm_starmd": __version__, "openmm": openmm.__version__, "torch": torch.__version__,
-            "numpy": np.__version__, "python": py_platform.python_version()}
 
 
 def _check_scalars(time_ps: float, jump_ps: float, temperature_k: float, seed: int) -> int:
@@ -253,7 +226,7 @@ def run_simulation(
     done = [sim.currentStep for sim in members]
     for k in range(replicas):
         xtc, log_path = member_files(out, replicas, k)
-        _truncate_xtc(xtc, done[k])
+        truncate_xtc(xtc, done[k])
         _truncate_log(log_path, done[k])
     settings = {"input": str(Path(input_path).resolve()) if input_path else None,
                 "time_ps": total * jump_ps, "jump_ps": jump_ps, "model": model, "seed": seed, "replicas": replicas,
@@ -261,7 +234,7 @@ def run_simulation(
                 "forcefield": get_preset(forcefield).describe(),
                 "temperature_k": temperature_k, "relax": relax.describe(),
                 "guards": members[0].guard_settings.describe(), "proposer": type(members[0].proposer).__name__}
-    record: dict[str, Any] = {"settings": settings, "device": str(members[0].device), "versions": _versions(),
+    record: dict[str, Any] = {"settings": settings, "device": str(members[0].device), "versions": software_versions(),
                               "status": "running", "jumps_done": sum(done), "jumps_total": total * replicas}
     atomic_write_json(out / "run.json", record)
 

@@ -103,11 +103,9 @@ def initial_model(init: str | Path, preset_name: str | None, window: int | None
     config, weights, record
         The checkpoint's :class:`ModelConfig`, its (EMA) weights and ``{"path", "step", "sha256"}``.
     """
-    from openmm_starmd.simulation.proposer import DEFAULT_MODEL, default_model_path
+    from openmm_starmd.model.checkpoint import DEFAULT_MODEL, model_folder
 
-    folder = default_model_path() if str(init) == DEFAULT_MODEL else Path(init)
-    if not folder.is_dir():
-        raise StarMDError(f"--init {init}: no such model folder; give `default` or a folder written by `starmd train`")
+    folder = model_folder(init)
     info = read_model_json(folder)
     config = ModelConfig.from_dict(info["config"])
     data_fields = {"temperature_condition": config.temperature_condition,
