@@ -111,9 +111,9 @@ def test_all_atom_frames_move_each_residue_rigidly(tmp_path, tiny_model):
     (["--replicas", "0"], "--replicas must be at least 1"),
     (["--seed", "-1"], "--seed must be"),
     (["--time", "10ps"], "shorter than one"),
-    (["--device", "cuda:7"], "not available"),
+    (["--device", "cuda:7"], "device 'cuda:7'"),
     (["--device", "tpu"], "device"),
-    (["--model", "MISSING"], "not a STAR-MD checkpoint folder"),
+    (["--model", "MISSING"], "model MISSING not found: give a STAR-MD checkpoint folder"),
 ])
 def test_bad_arguments_are_one_line_errors_before_anything_is_written(tmp_path, capsys, extra, message):
     out = tmp_path / "run"
