@@ -172,7 +172,7 @@ def test_cli_init_keeps_the_checkpoint_config_and_rejects_conflicts(atlas, tmp_p
     capsys.readouterr()
     for extra, message in ((["--init", "default", "--preset", "tiny"], "--preset tiny contradicts"),
                            (["--init", str(base), "--window", "4"], "--window 4 contradicts"),
-                           (["--init", str(tmp_path / "missing")], "missing not found: give a STAR-MD checkpoint folder")):
+                           (["--init", str(tmp_path / "missing")], "missing not found: give a STAR-MD")):
         assert main(["train", str(atlas), "-o", str(tmp_path / "bad"), *extra, *common]) == 2
         err = capsys.readouterr().err
         assert message in err and err.count("\n") == 1
