@@ -65,7 +65,7 @@ def ca_pairs(top: md.Topology) -> tuple[np.ndarray, np.ndarray]:
     return np.array(bonded, dtype=int).reshape(-1, 2), np.array(nonbonded, dtype=int).reshape(-1, 2)
 
 
-def _heavy_pairs(top: md.Topology) -> np.ndarray:
+def heavy_pairs(top: md.Topology) -> np.ndarray:
     """Heavy-atom pairs more than three bonds apart (or in residues two apart if there are no bonds)."""
     heavy = np.array([a.index for a in top.atoms if a.element is not None and a.element.symbol != "H"])
     n = top.n_atoms
@@ -103,7 +103,7 @@ def frame_validity(traj: md.Trajectory) -> FrameValidity:
     """
     T = traj.n_frames
     bonded, nonbonded = ca_pairs(traj.topology)
-    heavy = _heavy_pairs(traj.topology)
+    heavy = heavy_pairs(traj.topology)
     out = {}
     for name, pairs, limit, longest in (("bond", bonded, CA_BOND_BREAK_NM, True),
                                         ("ca", nonbonded, CA_CLASH_NM, False),

@@ -107,7 +107,7 @@ class ValidityScorer:
 
     def __init__(self, md_topology: md.Topology) -> None:
         self.bonded, self.nonbonded = validity.ca_pairs(md_topology)
-        self.heavy = validity._heavy_pairs(md_topology)
+        self.heavy = validity.heavy_pairs(md_topology)
 
     @staticmethod
     def _distances(positions: np.ndarray, pairs: np.ndarray) -> np.ndarray:
