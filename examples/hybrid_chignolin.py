@@ -14,7 +14,7 @@ from pathlib import Path
 import openmm.app as app
 import openmm.unit as unit
 
-from openmm_starmd.simulation import StarMDSimulation
+from openmm_starmd import StarMDSimulation
 
 model = sys.argv[1] if len(sys.argv) > 1 else "default"
 pdb = app.PDBFile(str(Path(__file__).resolve().parent.parent / "tests" / "data" / "cln025.pdb"))
