@@ -7,6 +7,7 @@ tensors tests use (measured 10-40x slower under load), so tests use one thread.
 from pathlib import Path
 
 import mdtraj as md
+import openmm
 import pytest
 import torch
 
@@ -19,3 +20,14 @@ DATA = Path(__file__).parent / "data"
 def cln025_traj() -> md.Trajectory:
     """The shipped 3 ns chignolin slice (300 frames, 10 ps apart), loaded once; tests copy before changing it."""
     return md.load(DATA / "cln025_3ns.xtc", top=DATA / "cln025.pdb")
+
+
+@pytest.fixture(scope="module")
+def one_cpu_thread():
+    """OpenMM's CPU platform on one thread for the module: its force sums, and so the frames, are then
+    reproducible bit for bit, in-process as in the subprocesses the tests start."""
+    platform = openmm.Platform.getPlatformByName("CPU")
+    old = platform.getPropertyDefaultValue("Threads")
+    platform.setPropertyDefaultValue("Threads", "1")
+    yield
+    platform.setPropertyDefaultValue("Threads", old)

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import mdtraj
 import numpy as np
-import openmm
 import pytest
 
 from openmm_starmd import cli, corpus, reference
@@ -24,14 +23,7 @@ RUN = ["--time", "1.2ps", "--stride", "0.4ps", "--equilibration", "0.4ps", "--re
        "--forcefield", "implicit-fast", "--platform", "CPU", "--no-progress"]
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """One thread makes the CPU platform's force sums, and so the frames, reproducible bit for bit."""
-    platform = openmm.Platform.getPlatformByName("CPU")
-    old = platform.getPropertyDefaultValue("Threads")
-    platform.setPropertyDefaultValue("Threads", "1")
-    yield
-    platform.setPropertyDefaultValue("Threads", old)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # conftest: OpenMM CPU platform on one thread
 
 
 @pytest.fixture(scope="module")
@@ -44,16 +36,10 @@ def listing(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def single(listing, tmp_path_factory) -> Path:
+def single(listing, tmp_path_factory, one_cpu_thread) -> Path:
     """The corpus built by one process (the reference every sharded build must equal)."""
     out = tmp_path_factory.mktemp("single") / "corpus"
-    platform = openmm.Platform.getPlatformByName("CPU")
-    old = platform.getPropertyDefaultValue("Threads")
-    platform.setPropertyDefaultValue("Threads", "1")
-    try:
-        assert cli.main(["md", str(listing), "-o", str(out), *RUN]) == 0
-    finally:
-        platform.setPropertyDefaultValue("Threads", old)
+    assert cli.main(["md", str(listing), "-o", str(out), *RUN]) == 0
     return out
 
 

@@ -30,14 +30,7 @@ REFERENCE_KEYS = {
 }
 
 
-@pytest.fixture(autouse=True)
-def one_cpu_thread():
-    """Run in-process OpenMM CPU contexts on one thread, as the subprocesses do."""
-    platform = openmm.Platform.getPlatformByName("CPU")
-    old = platform.getPropertyDefaultValue("Threads")
-    platform.setPropertyDefaultValue("Threads", "1")
-    yield
-    platform.setPropertyDefaultValue("Threads", old)
+pytestmark = pytest.mark.usefixtures("one_cpu_thread")  # conftest: OpenMM CPU platform on one thread
 
 
 def _md_args(out: Path, name: str, *extra: str) -> list[str]:
