@@ -148,6 +148,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--temperature-condition", action="store_true",
                    help="condition the model on each trajectory's temperature (mdCATH: per group; our MD: "
                         "temperature_k in NAME_R*.json; otherwise 300 K)")
+    p.add_argument("--chi-head", action="store_true",
+                   help="train the side-chain torsion (χ1–χ4) head, also on top of an --init model without one")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto: cuda when available)")
     p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
     p.add_argument("--workers", type=int, default=0,
@@ -172,7 +174,7 @@ def _run_train(args: argparse.Namespace) -> None:
         checkpoint_every=args.checkpoint_every, seed=args.seed,
         device=None if args.device in (None, "auto") else args.device, resume=args.resume,
         overwrite=args.overwrite, workers=args.workers, init=args.init,
-        temperature_condition=args.temperature_condition,
+        temperature_condition=args.temperature_condition, chi_head=args.chi_head,
         val_systems=[n.strip() for n in args.val_systems.split(",") if n.strip()],
         val_system_fraction=args.val_system_fraction,
     )

@@ -33,7 +33,11 @@ class ModelConfig:
     num_residue_types: int = 21  # 20 standard + unknown
     time_rope_max_period: int = 512  # frames; integer periods keep rotary angles exact for long rollouts
     residue_rope_base: float = 1000.0
+    # χ head: logits over chi_bins bins of each of χ1–χ4 (model/chi.py); the all-atom mapping places side
+    # chains from its draws. Cross-entropy (nats) is weighted by chi_loss_weight against the frame losses.
     chi_head: bool = False
+    chi_bins: int = 36
+    chi_loss_weight: float = 0.1
     # sequence
     window: int = 8  # K: frames of history attended to
     # history alignment: every frame is superposed (on its CA atoms) on the next one before the model sees
@@ -83,6 +87,8 @@ class ModelConfig:
             raise StarMDError(f"window must be at least 2 frames, got {self.window}")
         if self.sampler_method not in ("exponential", "euler"):
             raise StarMDError(f"sampler_method must be 'exponential' or 'euler', got {self.sampler_method!r}")
+        if self.chi_bins < 2:
+            raise StarMDError(f"chi_bins must be at least 2, got {self.chi_bins}")
         if self.num_sampler_steps < 1:
             raise StarMDError(f"num_sampler_steps must be at least 1, got {self.num_sampler_steps}")
         low, high = self.temperature_range_k
@@ -148,7 +154,7 @@ def check_temperature(config: ModelConfig, temperature_k: float, slack_k: float 
                       "simulate within it or fine-tune on data at that temperature")
 
 
-_ADDED_FIELDS = ("temperature_condition", "temperature_range_k")
+_ADDED_FIELDS = ("temperature_condition", "temperature_range_k", "chi_bins", "chi_loss_weight")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 PRESETS: dict[str, ModelConfig] = {

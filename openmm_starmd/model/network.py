@@ -17,10 +17,10 @@ from torch import nn
 
 from openmm_starmd.frames.rigid import so3_exp
 from openmm_starmd.model.attention import FrameIPA, SpaceTimeAttention, block_mask
+from openmm_starmd.model.chi import NUM_CHI
 from openmm_starmd.model.config import ModelConfig
 from openmm_starmd.model.embeddings import NUM_TOKEN_FEATURES, FourierFeatures, Rotary2D
 
-NUM_TORSIONS = 7
 # Temperature enters the Fourier features as (T - 300 K) / 100 K: order one over 280-450 K.
 _TEMPERATURE_CENTRE_K, _TEMPERATURE_SPAN_K = 300.0, 100.0
 
@@ -124,7 +124,11 @@ class StarMDNetwork(nn.Module):
         self.frame_head = nn.Linear(C, 6)
         nn.init.zeros_(self.frame_head.weight)
         nn.init.zeros_(self.frame_head.bias)
-        self.chi_head = nn.Linear(C, 2 * NUM_TORSIONS) if config.chi_head else None
+        self.chi_head = None
+        if config.chi_head:  # zero start: uniform over bins, so a head added to a trained trunk starts neutral
+            self.chi_head = nn.Linear(C, NUM_CHI * config.chi_bins)
+            nn.init.zeros_(self.chi_head.weight)
+            nn.init.zeros_(self.chi_head.bias)
 
     def trunk(
         self,
@@ -215,9 +219,9 @@ class StarMDNetwork(nn.Module):
 
         Returns
         -------
-        rel_rot0, x0, chi
-            ``[B, F, N, 3, 3]``, ``[B, F, N, 3]`` (diffusion units), and sin/cos of the 7 torsions
-            ``[B, F, N, 7, 2]`` or None.
+        rel_rot0, x0, chi_logits
+            ``[B, F, N, 3, 3]``, ``[B, F, N, 3]`` (diffusion units), and χ1–χ4 logits
+            ``[B, F, N, 4, chi_bins]`` (:mod:`openmm_starmd.model.chi`) or None.
         """
         B, F_, N, _ = h.shape
         out = self.frame_head(h)
@@ -227,7 +231,7 @@ class StarMDNetwork(nn.Module):
         x0 = alpha[:, :, None, None] * x_tau + trans_sigma[:, :, None, None] * out[..., 3:]
         chi = None
         if self.chi_head is not None:
-            chi = F.normalize(self.chi_head(h).view(B, F_, N, NUM_TORSIONS, 2), dim=-1)
+            chi = self.chi_head(h).view(B, F_, N, NUM_CHI, self.config.chi_bins)
         return rel_rot0, x0, chi
 
 

@@ -12,6 +12,7 @@ import torch
 from openmm_starmd.diffusion.sampler import FrameDiffusion
 from openmm_starmd.frames.protein import backbone_from_frames
 from openmm_starmd.frames.rigid import superpose_chain
+from openmm_starmd.model.chi import CHI_OFFSET, NUM_CHI, chi_loss
 from openmm_starmd.model.network import StarMDNetwork, log_dt_tensor
 from openmm_starmd.model.tokens import Residues, absolute, clean_inputs, noisy_inputs, perturb_frames, relative
 
@@ -32,7 +33,7 @@ def diffusion_loss(
     batch
         Collated windows: ``rotations`` ``[B, K, N, 3, 3]``, ``translations`` ``[B, K, N, 3]`` nm,
         ``residue_*`` / ``chain_break`` ``[B, N]``, ``dt_ps`` ``[B]``; optional ``torsions`` ``[B, K, N, 7]``
-        (rad) and ``torsion_mask`` ``[B, N, 7]`` for the χ head.
+        (rad) and ``torsion_mask`` ``[B, N, 7]`` for the χ head (χ1–χ4, cross-entropy, :mod:`openmm_starmd.model.chi`).
     generator
         Draws τ, the context noise and the diffusion noise (on the batch's device).
 
@@ -100,11 +101,10 @@ def diffusion_loss(
     loss = cfg.rot_loss_weight * rot_loss + cfg.trans_loss_weight * trans_loss + cfg.backbone_loss_weight * bb_loss
     parts = {"rot": float(rot_loss.detach()), "trans": float(trans_loss.detach()), "backbone": float(bb_loss.detach())}
     if chi is not None and "torsions" in batch:
-        angles = batch["torsions"][:, 1:]
-        target = torch.stack([torch.sin(angles), torch.cos(angles)], -1)
-        tmask = batch["torsion_mask"][:, None].to(trans.dtype) * mask[..., None]
-        chi_loss = (((chi - target) ** 2).sum(-1) * tmask).sum() / tmask.sum().clamp_min(1.0)
-        loss = loss + chi_loss
-        parts["chi"] = float(chi_loss.detach())
+        angles = batch["torsions"][:, 1:, :, CHI_OFFSET:CHI_OFFSET + NUM_CHI]
+        tmask = batch["torsion_mask"][:, None, :, CHI_OFFSET:CHI_OFFSET + NUM_CHI].to(trans.dtype) * mask[..., None]
+        side = chi_loss(chi, angles, tmask)
+        loss = loss + cfg.chi_loss_weight * side
+        parts["chi"] = float(side.detach())
     parts["loss"] = float(loss.detach())
     return loss, parts

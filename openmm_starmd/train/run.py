@@ -176,7 +176,7 @@ def train_from_folders(
     val_fraction: float = 0.1, val_every: int = 200, checkpoint_every: int = 500, seed: int = 0,
     device: str | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
     workers: int = 0, init: str | Path | None = None, val_systems: Sequence[str] = (),
-    val_system_fraction: float = 0.0, temperature_condition: bool = False,
+    val_system_fraction: float = 0.0, temperature_condition: bool = False, chi_head: bool = False,
 ) -> dict[str, Any] | None:
     """Train a model on trajectories; returns the summary on rank 0 (None on other DDP ranks).
 
@@ -190,6 +190,8 @@ def train_from_folders(
     systems out of training: their loss is reported separately as ``unseen_loss`` and their names are saved
     as ``"held_out_systems"``. ``temperature_condition`` conditions the model on each replica's temperature
     (mdCATH groups, ``temperature_k`` in our JSON, else 300 K); the data's range is saved in the config.
+    ``chi_head`` adds the side-chain torsion head (:mod:`openmm_starmd.model.chi`), also to an ``init`` model
+    without one (the head starts uniform, the rest as saved).
     """
     if steps < 1 or batch_size < 1:
         raise StarMDError("--steps and --batch-size must be at least 1")
@@ -201,6 +203,8 @@ def train_from_folders(
     else:
         name = preset_name or "small"
         config = preset(name) if window is None else preset(name, window=window)
+    if chi_head:
+        config = config.replace(chi_head=True)
     train_data, val_data, unseen_data, record["held_out_systems"] = build_datasets(
         data, config.window, val_fraction, val_systems, val_system_fraction, seed)
     config = fit_temperature(config, data_temperatures(train_data), temperature_condition, init is not None)

@@ -152,11 +152,13 @@ class Trainer:
         self.net = StarMDNetwork(config).to(self.device)
         if init_weights is not None and state is None:
             missing, unexpected = self.net.load_state_dict(init_weights, strict=False)
-            # only layers the checkpoint's model lacks may start fresh (a temperature condition added to it)
-            if unexpected or any(not k.startswith("temperature_") for k in missing):
+            # only layers the checkpoint's model lacks may start fresh (a temperature condition or a χ head
+            # added to it)
+            if unexpected or any(not k.startswith(("temperature_", "chi_head.")) for k in missing):
                 raise StarMDError(f"the --init weights do not fit this model (missing {list(missing)[:3]}, "
                                   f"unexpected {list(unexpected)[:3]}): the checkpoint folder is inconsistent")
-            if missing:  # a new temperature condition starts at zero output: the model starts as it was
+            if any(k.startswith("temperature_") for k in missing):
+                # a new temperature condition starts at zero output: the model starts as it was
                 nn.init.zeros_(self.net.temperature_embed[2].weight)
                 nn.init.zeros_(self.net.temperature_embed[2].bias)
         self.ema = {k: v.detach().clone() for k, v in self.net.state_dict().items()}
