@@ -31,6 +31,7 @@ __all__ = [
     "matrix_to_quaternion",
     "quaternion_to_matrix",
     "random_rotations",
+    "rotate_about_axis",
     "so3_exp",
     "so3_log",
     "superpose",
@@ -282,6 +283,32 @@ def interpolate(rot_a: torch.Tensor, rot_b: torch.Tensor, s: float | torch.Tenso
     rel = so3_log(rot_a.transpose(-1, -2) @ rot_b)
     s_t = torch.as_tensor(s, dtype=rel.dtype, device=rel.device)
     return rot_a @ so3_exp(s_t[..., None] * rel)
+
+
+def rotate_about_axis(
+    points: torch.Tensor, origin: torch.Tensor, axis: torch.Tensor, angle: torch.Tensor
+) -> torch.Tensor:
+    """Rotate points by ``angle`` about the line through ``origin`` along ``axis`` (right-handed).
+
+    Parameters
+    ----------
+    points
+        ``[..., 3]`` nm.
+    origin
+        ``[..., 3]`` nm, a point on the axis (broadcast against ``points``).
+    axis
+        ``[..., 3]`` direction of the axis, any non-zero length (normalised here).
+    angle
+        ``[...]`` rad; positive turns counter-clockwise looking down the axis towards ``origin``.
+
+    Returns
+    -------
+    torch.Tensor
+        ``[..., 3]`` nm, in the dtype of ``points`` (rotation built by :func:`so3_exp`).
+    """
+    unit = axis / torch.linalg.norm(axis, dim=-1, keepdim=True).clamp_min(_EPS)
+    rot = so3_exp(unit * angle[..., None]).to(points.dtype)
+    return apply(rot, origin, points - origin)
 
 
 

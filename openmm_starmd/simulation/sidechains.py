@@ -1,0 +1,143 @@
+"""Side chains placed from drawn torsions: turn each χ bond so the dihedral takes the model's value.
+
+The all-atom mapping (:mod:`.reconstruct`) moves every residue rigidly with its frame, which keeps each
+side chain in the rotamer it started in. A model with a χ head (:mod:`openmm_starmd.model.chi`) draws
+χ1–χ4 with every proposal; :class:`SideChains` then rotates, for χ1 → χ4 in turn, the atoms beyond the
+bond atom2–atom3 of the torsion (hydrogens included) about that bond until the dihedral equals the draw.
+Bond lengths and angles do not change, and turning χ1 carries the atoms of χ2–χ4 with it.
+
+Torsions whose far side is not a tree hanging off atom3 inside its own residue are left rigid: proline
+(the ring closes onto N), and any side chain bonded to another residue (a disulfide, a cross-link).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import openmm.app as app
+import torch
+
+from openmm_starmd.errors import StarMDError
+from openmm_starmd.frames.protein import backbone_atom_indices, dihedral, torsion_atom_indices
+from openmm_starmd.frames.rigid import rotate_about_axis
+from openmm_starmd.model.chi import CHI_OFFSET, NUM_CHI
+
+__all__ = ["SideChains", "side_chains_for"]
+
+
+def _far_side(neighbours: list[set[int]], atom2: int, atom3: int) -> set[int]:
+    """Atoms reachable from ``atom3`` without passing through ``atom2`` (``atom3`` itself left out)."""
+    seen, stack = {atom2, atom3}, [atom3]
+    while stack:
+        for other in neighbours[stack.pop()]:
+            if other not in seen:
+                seen.add(other)
+                stack.append(other)
+    return seen - {atom2, atom3}
+
+
+class SideChains:
+    """Which atoms turn with each χ of each residue of one topology, and how to set the χ.
+
+    Parameters
+    ----------
+    topology
+        All-atom OpenMM topology with bonds (as :class:`openmm.app.PDBFile` and the force-field
+        builders make them).
+
+    Attributes
+    ----------
+    mask
+        ``[N, 4]`` bool: χ1–χ4 of residue i can be set (defined, framed residue, far side a tree inside the
+        residue).
+    """
+
+    def __init__(self, topology: app.Topology) -> None:
+        quads, defined = torsion_atom_indices(topology)
+        _, framed = backbone_atom_indices(topology)
+        residue_of = [atom.residue.index for atom in topology.atoms()]
+        neighbours: list[set[int]] = [set() for _ in residue_of]
+        for a, b in topology.bonds():
+            neighbours[a.index].add(b.index)
+            neighbours[b.index].add(a.index)
+        N = len(framed)
+        self.num_atoms = len(residue_of)
+        self.mask = np.zeros((N, NUM_CHI), dtype=bool)
+        # Per χk: residues (rows), their atom quadruples, and the moving atoms with the row they belong to.
+        self._rows: list[torch.Tensor] = []
+        self._quads: list[torch.Tensor] = []
+        self._atoms: list[torch.Tensor] = []
+        self._owner: list[torch.Tensor] = []
+        for k in range(NUM_CHI):
+            rows, quad_rows, atoms, owner = [], [], [], []
+            for i in range(N):
+                if not (framed[i] and defined[i, CHI_OFFSET + k]):
+                    continue
+                a1, a2, a3, a4 = (int(x) for x in quads[i, CHI_OFFSET + k])
+                moving = _far_side(neighbours, a2, a3)
+                if a4 not in moving or a1 in moving or any(residue_of[x] != i for x in moving):
+                    continue  # a ring through the backbone (proline), a cross-link, or missing bonds
+                self.mask[i, k] = True
+                atoms += sorted(moving)
+                owner += [len(rows)] * len(moving)
+                rows.append(i)
+                quad_rows.append((a1, a2, a3, a4))
+            self._rows.append(torch.tensor(rows, dtype=torch.long, device="cpu"))
+            self._quads.append(torch.tensor(quad_rows, dtype=torch.long, device="cpu").reshape(-1, 4))
+            self._atoms.append(torch.tensor(atoms, dtype=torch.long, device="cpu"))
+            self._owner.append(torch.tensor(owner, dtype=torch.long, device="cpu"))
+
+    @property
+    def num_residues(self) -> int:
+        return len(self.mask)
+
+    def moving_atoms(self, residue: int, k: int) -> list[int]:
+        """Atom indices that turn with χ(k+1) of ``residue`` (empty where that χ is left rigid)."""
+        row = (self._rows[k] == residue).nonzero()
+        if len(row) == 0:
+            return []
+        return self._atoms[k][self._owner[k] == int(row[0, 0])].tolist()
+
+    def set_chi(self, positions: Any, chi: torch.Tensor, mask: Any = None) -> np.ndarray:
+        """Positions with χ1–χ4 turned to ``chi``, in order χ1 → χ4.
+
+        Parameters
+        ----------
+        positions
+            ``[n_atoms, 3]`` nm (numpy or torch).
+        chi
+            ``[N, 4]`` target χ1–χ4, rad (any device; only entries where the mask holds are used).
+        mask
+            Optional ``[N, 4]`` bool: torsions to set (intersected with :attr:`mask`); default all settable.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``[n_atoms, 3]`` nm, float64; atoms outside the moving sets are unchanged.
+        """
+        x = torch.as_tensor(np.asarray(positions, dtype=np.float64), device="cpu").clone()
+        target = torch.as_tensor(chi, device="cpu").to(torch.float64)
+        if x.shape != (self.num_atoms, 3) or target.shape != (self.num_residues, NUM_CHI):
+            raise StarMDError(f"set_chi expects positions [{self.num_atoms}, 3] nm and chi [{self.num_residues}, "
+                              f"{NUM_CHI}] rad, got {tuple(x.shape)} and {tuple(target.shape)}")
+        use = torch.as_tensor(self.mask, device="cpu")
+        if mask is not None:
+            use = use & torch.as_tensor(np.asarray(mask, dtype=bool), device="cpu")
+        for k in range(NUM_CHI):
+            rows, quad, atoms, owner = self._rows[k], self._quads[k], self._atoms[k], self._owner[k]
+            if len(rows) == 0:
+                continue
+            p = x[quad]  # [M, 4, 3]
+            current = dihedral(p[:, 0], p[:, 1], p[:, 2], p[:, 3])
+            # Turning the far side by δ about atom2→atom3 (right-handed) adds δ to the dihedral.
+            delta = torch.remainder(target[rows, k] - current + torch.pi, 2 * torch.pi) - torch.pi
+            delta = torch.where(use[rows, k], delta, torch.zeros_like(delta))
+            origin, axis = p[owner, 2], p[owner, 2] - p[owner, 1]
+            x[atoms] = rotate_about_axis(x[atoms], origin, axis, delta[owner])
+        return x.numpy()
+
+
+def side_chains_for(topology: app.Topology, proposer: Any) -> SideChains | None:
+    """A :class:`SideChains` for ``topology`` when ``proposer`` draws χ (``draws_chi``), else None."""
+    return SideChains(topology) if getattr(proposer, "draws_chi", False) else None
