@@ -3,7 +3,9 @@
 The input is prepared as ``starmd simulate`` prepares it; its residue frames start R independent
 rollouts (replica k, k = 0..R−1, seeded ``seed + k``) batched through one :class:`Rollout`. Each jump's
 draw is pushed back as the next history frame and turned into atoms by moving every residue rigidly
-with its frame (:class:`~openmm_starmd.simulation.reconstruct.AtomMap`, as the hybrid simulator does).
+with its frame (:class:`~openmm_starmd.simulation.reconstruct.AtomMap`, as the hybrid simulator does);
+with ``atoms="all"`` and a model with a χ head, side chains are then turned to the drawn χ1–χ4
+(:class:`~openmm_starmd.simulation.sidechains.SideChains`).
 
 Run folder:
 
@@ -72,17 +74,19 @@ def _append_xtc(path: Path, xyz: np.ndarray, times: np.ndarray, steps: np.ndarra
 class _Trajectories:
     """Start structure, atom mapping and writers of one run folder."""
 
-    def __init__(self, out: Path, start_pdb: Path, atoms: str, replicas: int) -> None:
+    def __init__(self, out: Path, start_pdb: Path, atoms: str, replicas: int, chi_head: bool) -> None:
         import openmm.unit as unit
 
         from openmm_starmd import prep
         from openmm_starmd.simulation.reconstruct import AtomMap
+        from openmm_starmd.simulation.sidechains import SideChains
 
         start = prep.load_pdb(start_pdb)
         self.topology = start.topology
         self.positions = np.asarray(start.positions.value_in_unit(unit.nanometer), dtype=np.float64)
         self.atom_map = AtomMap(self.topology)
         self.start_frames = self.atom_map.frames(self.positions)
+        self.side_chains = SideChains(self.topology) if chi_head and atoms == "all" else None
         bb = self.atom_map.backbone
         self.keep = (np.sort(bb[bb >= 0]) if atoms == "backbone" else np.arange(len(self.positions)))
         full = md.Trajectory(self.positions[None].astype(np.float32), md.Topology.from_openmm(self.topology))
@@ -91,9 +95,12 @@ class _Trajectories:
         self.paths = trajectory_paths(out, replicas)
         self.out = out
 
-    def atoms_of(self, rot: torch.Tensor, trans: torch.Tensor) -> np.ndarray:
-        """Positions ``[A, 3]`` nm of the written atoms for residue frames ``[N, 3, 3]``, ``[N, 3]`` nm."""
+    def atoms_of(self, rot: torch.Tensor, trans: torch.Tensor, chi: torch.Tensor | None = None) -> np.ndarray:
+        """Positions ``[A, 3]`` nm of the written atoms for residue frames ``[N, 3, 3]``, ``[N, 3]`` nm and
+        side-chain torsions ``[N, 4]`` rad (None: side chains move rigidly)."""
         moved = self.atom_map.move_atoms(self.positions, self.start_frames, (rot, trans))
+        if self.side_chains is not None:
+            moved = self.side_chains.set_chi(moved, chi)
         return moved[self.keep]
 
     def save(self, first_jump: int, jump_ps: float, frames: list[list[np.ndarray]], model_s: list[float]) -> list[dict]:
@@ -187,7 +194,8 @@ def run_rollout(
     model
         ``"default"`` (the shipped model) or a STAR-MD checkpoint folder.
     atoms
-        ``"backbone"`` (N, CA, C, O) or ``"all"`` (every atom, moved rigidly with its residue).
+        ``"backbone"`` (N, CA, C, O) or ``"all"`` (every atom, moved rigidly with its residue; side chains
+        turned to the drawn χ when the model has a χ head).
     overwrite, resume
         Replace an existing run folder; continue the run in ``output`` (``time_ps`` may extend it).
     progress
@@ -242,7 +250,7 @@ def run_rollout(
             path.unlink(missing_ok=True)
         prep.write_pdb(prepared, out / "start.pdb", overwrite=True)
     # ---- set up from the written start structure, so a resumed run is the same run
-    trajs = _Trajectories(out, out / "start.pdb", atoms, replicas)
+    trajs = _Trajectories(out, out / "start.pdb", atoms, replicas, bool(net.config.chi_head))
     if not resume:
         trajs.frame0.save_pdb(str(out / "topology.pdb"))
     rollout = Rollout(net, featurize_topology(trajs.topology), replicas=replicas)
@@ -261,6 +269,8 @@ def run_rollout(
     settings = {"input": str(Path(input_path).resolve()), "time_ps": total * jump_ps, "jump_ps": jump_ps,
                 "replicas": replicas, "seed": seed, "device": str(dev), "model": str(folder), "atoms": atoms,
                 "window": rollout.window, "num_sampler_steps": net.config.num_sampler_steps,
+                "side_chains": ("not written" if atoms == "backbone" else
+                                "rigid" if trajs.side_chains is None else "chi head"),
                 "raw": "model draws only: no OpenMM relaxation, no guards, no re-draws"}
     record: dict[str, Any] = {"settings": settings, "versions": software_versions(), "status": "running",
                               "jumps_done": done, "jumps_total": total}
@@ -281,11 +291,12 @@ def run_rollout(
         for _ in range(done, total):
             t0 = time.perf_counter()
             rot, trans = rollout.sample(jump_ps, gens)
+            chi = rollout.last_chi
             rollout.push(rot, trans)
             rot, trans = rot.to("cpu"), trans.to("cpu")  # waits for the device: the jump is complete
             model_times.append(time.perf_counter() - t0)
             for k in range(replicas):
-                frames[k].append(trajs.atoms_of(rot[k], trans[k]))
+                frames[k].append(trajs.atoms_of(rot[k], trans[k], None if chi is None else chi[k]))
             now = time.perf_counter()
             if now - last_save >= save_every_s or saved + len(model_times) == total:
                 rows = trajs.save(saved + 1, jump_ps, frames, model_times)

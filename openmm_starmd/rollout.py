@@ -20,6 +20,7 @@ import torch
 from openmm_starmd.diffusion.sampler import FrameDiffusion, sample_relative
 from openmm_starmd.errors import StarMDError
 from openmm_starmd.frames.rigid import apply, identity_rotations, invert, superpose, superpose_chain
+from openmm_starmd.model.chi import draw_chi
 from openmm_starmd.model.network import KVCache, StarMDNetwork, log_dt_tensor
 from openmm_starmd.model.tokens import Residues, absolute, apply_frame_noise, clean_inputs, frame_noise, noisy_inputs
 
@@ -129,6 +130,7 @@ class Rollout:
         self.diffusion = FrameDiffusion(self.config)
         self._batched: dict[int, Residues] = {}
         self._hist = [self._empty() for _ in range(self.replicas or 1)]
+        self.last_chi: torch.Tensor | None = None
 
     def _empty(self) -> _History:
         return _History(KVCache(), _no_alignment(self.device))
@@ -253,6 +255,10 @@ class Rollout:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw the next frame ``Δt = dt_ps`` after the last pushed one (not appended).
 
+        With a χ head the side-chain torsions of the draw are left in :attr:`last_chi` (``[N, 4]`` rad;
+        with ``replicas`` ``[R', N, 4]``; None without a χ head): drawn from the clean prediction of the
+        last sampler step, each replica from its own generator after its frame noise.
+
         Parameters
         ----------
         dt_ps
@@ -302,15 +308,22 @@ class Rollout:
             back_rot, back_trans = invert(torch.stack([h.align[0] for h in hs]), torch.stack([h.align[1] for h in hs]))
             rot = back_rot[:, None] @ rot[:, 0]
             trans = apply(back_rot[:, None], back_trans[:, None], trans[:, 0])
-            out.append((pos, rot, trans))
+            logits = denoise.chi_logits
+            chi = draw_chi(None if logits is None else logits[:, 0], [gens[p] for p in pos])
+            out.append((pos, rot, trans, chi))
         if self.replicas is None:
+            self.last_chi = None if out[0][3] is None else out[0][3][0]
             return out[0][1][0], out[0][2][0]
         if len(out) == 1:
+            self.last_chi = out[0][3]
             return out[0][1], out[0][2]
-        order = {p: (o, g) for o, (pos, _, _) in enumerate(out) for g, p in enumerate(pos)}
-        rot = torch.stack([out[order[p][0]][1][order[p][1]] for p in range(len(idx))])
-        trans = torch.stack([out[order[p][0]][2][order[p][1]] for p in range(len(idx))])
-        return rot, trans
+        order = {p: (o, g) for o, (pos, *_) in enumerate(out) for g, p in enumerate(pos)}
+
+        def gather(part: int) -> torch.Tensor:
+            return torch.stack([out[order[p][0]][part][order[p][1]] for p in range(len(idx))])
+
+        self.last_chi = None if out[0][3] is None else gather(3)
+        return gather(1), gather(2)
 
     def _history_state(self, h: _History) -> dict[str, torch.Tensor]:
         state = {"count": torch.tensor(h.count, device="cpu")}
@@ -370,7 +383,9 @@ def _denoiser(
 ):
     """Denoiser closure for :func:`sample_relative`: one noisy group per batch element (``ref_rot``
     ``[B, 1, N, 3, 3]``, ``ref_trans`` ``[B, 1, N, 3]`` nm, Δt scalar or ``[B]`` ps) at frame ``index``
-    attending to the cache (or, with ``clean``, to recomputed history groups in the same call)."""
+    attending to the cache (or, with ``clean``, to recomputed history groups in the same call). The χ logits
+    ``[B, 1, N, 4, bins]`` of its latest call (the last one of a draw: the clean prediction at the smallest τ)
+    stay in ``denoise.chi_logits`` (None without a χ head)."""
     cfg = net.config
     scale = cfg.translation_scale
     B = ref_trans.shape[0]
@@ -393,9 +408,10 @@ def _denoiser(
                 torch.cat([torch.zeros(F, dtype=torch.bool, device=x.device), noisy]), temperature_k=temperature_k,
             )
             h = h[:, F:]
-        rot0, x0, _ = net.heads(h, rel_rot, x, sig_rot, alpha, sig_tr)
+        rot0, x0, denoise.chi_logits = net.heads(h, rel_rot, x, sig_rot, alpha, sig_tr)
         return rot0, x0
 
+    denoise.chi_logits = None
     return denoise
 
 

@@ -70,8 +70,9 @@ class BatchedStarMD:
         with torch.no_grad():
             rot, trans = self.rollout.sample(dt_ps, generators, replicas=replicas)
         self.model_s += time.perf_counter() - start
+        chi = self.rollout.last_chi
         for i, k in enumerate(replicas):
-            self.views[k].prefetched = (float(dt_ps), rot[i], trans[i])
+            self.views[k].prefetched = (float(dt_ps), rot[i], trans[i], None if chi is None else chi[i])
 
     def reset_replica(self, k: int) -> None:
         """Forget replica ``k``'s history, keeping the others'."""
@@ -85,7 +86,8 @@ class ReplicaProposer(Proposer):
 
     def __init__(self, batch: BatchedStarMD, k: int) -> None:
         self.batch, self.k = batch, k
-        self.prefetched: tuple[float, torch.Tensor, torch.Tensor] | None = None
+        self.prefetched: tuple[float, torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
+        self.chi: torch.Tensor | None = None  # χ1–χ4 [N, 4] rad of the last proposal (None: no χ head)
 
     @property
     def device(self) -> torch.device:
@@ -94,6 +96,13 @@ class ReplicaProposer(Proposer):
     @property
     def model(self) -> torch.nn.Module:
         return self.batch.model
+
+    @property
+    def draws_chi(self) -> bool:
+        return bool(self.model.config.chi_head)
+
+    def proposal_chi(self) -> torch.Tensor | None:
+        return self.chi
 
     @property
     def count(self) -> int:
@@ -106,11 +115,13 @@ class ReplicaProposer(Proposer):
 
     def propose(self, dt_ps: float, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
         if self.prefetched is not None and self.prefetched[0] == float(dt_ps):
-            _, rot, trans = self.prefetched
+            _, rot, trans, self.chi = self.prefetched
             self.prefetched = None
             return rot, trans
         with torch.no_grad():  # a retry (or a halved jump): this replica alone
             rot, trans = self.batch.rollout.sample(dt_ps, [generator], replicas=[self.k])
+        chi = self.batch.rollout.last_chi
+        self.chi = None if chi is None else chi[0]
         return rot[0], trans[0]
 
     def reset(self) -> None:

@@ -41,6 +41,7 @@ from openmm_starmd.simulation.guards import OPENMM_ERROR, Guard, GuardSettings
 from openmm_starmd.simulation.proposer import Proposer, resolve_proposer
 from openmm_starmd.simulation.reconstruct import AtomMap, require_implicit_solvent
 from openmm_starmd.simulation.relax import BackboneRestraints, RelaxSettings, relax
+from openmm_starmd.simulation.sidechains import side_chains_for
 from openmm_starmd.simulation.stats import CycleStats
 from openmm_starmd.units import to_kelvin, to_ps
 
@@ -142,6 +143,7 @@ class StarMDSimulation(app.Simulation):
         self.guard = Guard(topology, self.atom_map.backbone, self.guard_settings)
         self.proposer = resolve_proposer(proposer, topology, device=device)
         self.proposer.set_temperature(to_kelvin(temperature))
+        self.side_chains = side_chains_for(topology, self.proposer)  # None: side chains move rigidly
         system = copy.deepcopy(system)
         self.restraints = BackboneRestraints(self.atom_map.restrained_atoms)
         restraint_group = self.restraints.add_to(system)
@@ -287,6 +289,8 @@ class StarMDSimulation(app.Simulation):
             if reason is None:
                 # Atoms live on the CPU (numpy, OpenMM); only the model's frames come from its device.
                 target = self.atom_map.move_atoms(positions, old, (rot.cpu(), trans.cpu()))
+                if self.side_chains is not None:  # χ drawn with the proposal
+                    target = self.side_chains.set_chi(target, self.proposer.proposal_chi())
                 stats.raw_valid += self.guard.raw_valid(target)
                 reason = self.guard.check_target(target)
             if reason is None:

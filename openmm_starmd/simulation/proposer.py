@@ -74,6 +74,15 @@ class Proposer(ABC):
         """Where ``propose`` draws: the simulation creates its generator there."""
         return torch.device("cpu")
 
+    @property
+    def draws_chi(self) -> bool:
+        """Whether :meth:`proposal_chi` gives side-chain torsions (the simulation then places side chains)."""
+        return False
+
+    def proposal_chi(self) -> torch.Tensor | None:
+        """χ1–χ4 ``[N, 4]`` (rad) drawn with the last ``propose``, or None: side chains move rigidly."""
+        return None
+
     def set_temperature(self, temperature_k: float) -> None:  # noqa: B027 - temperature-blind default
         """The simulation's temperature (K): a learned proposer conditions on it, or refuses one it was not
         trained for (:class:`~openmm_starmd.errors.StarMDError`)."""
@@ -206,6 +215,13 @@ class StarMDProposer(Proposer):
     @property
     def device(self) -> torch.device:
         return next(self.model.parameters()).device
+
+    @property
+    def draws_chi(self) -> bool:
+        return bool(self.model.config.chi_head)
+
+    def proposal_chi(self) -> torch.Tensor | None:
+        return self.rollout.last_chi
 
     def reset(self) -> None:
         from openmm_starmd.rollout import Rollout

@@ -233,7 +233,8 @@ def run_simulation(
                 "platform": members[0].context.getPlatform().getName(),
                 "forcefield": get_preset(forcefield).describe(),
                 "temperature_k": temperature_k, "relax": relax.describe(),
-                "guards": members[0].guard_settings.describe(), "proposer": type(members[0].proposer).__name__}
+                "guards": members[0].guard_settings.describe(), "proposer": type(members[0].proposer).__name__,
+                "side_chains": "rigid" if members[0].side_chains is None else "chi head"}
     record: dict[str, Any] = {"settings": settings, "device": str(members[0].device), "versions": software_versions(),
                               "status": "running", "jumps_done": sum(done), "jumps_total": total * replicas}
     atomic_write_json(out / "run.json", record)

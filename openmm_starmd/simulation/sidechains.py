@@ -99,7 +99,7 @@ class SideChains:
             return []
         return self._atoms[k][self._owner[k] == int(row[0, 0])].tolist()
 
-    def set_chi(self, positions: Any, chi: torch.Tensor, mask: Any = None) -> np.ndarray:
+    def set_chi(self, positions: Any, chi: torch.Tensor | None, mask: Any = None) -> np.ndarray:
         """Positions with χ1–χ4 turned to ``chi``, in order χ1 → χ4.
 
         Parameters
@@ -107,7 +107,8 @@ class SideChains:
         positions
             ``[n_atoms, 3]`` nm (numpy or torch).
         chi
-            ``[N, 4]`` target χ1–χ4, rad (any device; only entries where the mask holds are used).
+            ``[N, 4]`` target χ1–χ4, rad (any device; only entries where the mask holds are used); None
+            leaves every side chain as it is.
         mask
             Optional ``[N, 4]`` bool: torsions to set (intersected with :attr:`mask`); default all settable.
 
@@ -117,6 +118,8 @@ class SideChains:
             ``[n_atoms, 3]`` nm, float64; atoms outside the moving sets are unchanged.
         """
         x = torch.as_tensor(np.asarray(positions, dtype=np.float64), device="cpu").clone()
+        if chi is None:
+            return x.numpy()
         target = torch.as_tensor(chi, device="cpu").to(torch.float64)
         if x.shape != (self.num_atoms, 3) or target.shape != (self.num_residues, NUM_CHI):
             raise StarMDError(f"set_chi expects positions [{self.num_atoms}, 3] nm and chi [{self.num_residues}, "

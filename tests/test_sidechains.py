@@ -1,0 +1,214 @@
+"""Side chains from χ: geometry of set_chi, the rollout's χ draw, and the hybrid/ensemble/rollout mapping."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import mdtraj
+import numpy as np
+import openmm.app as app
+import openmm.unit as u
+import pytest
+import torch
+
+from openmm_starmd import StarMDEnsemble, StarMDSimulation
+from openmm_starmd.data.featurize import featurize_topology
+from openmm_starmd.forcefields import build_system
+from openmm_starmd.frames.protein import frames_from_positions, torsions
+from openmm_starmd.model.checkpoint import save_model
+from openmm_starmd.model.chi import chi_bin
+from openmm_starmd.model.config import preset
+from openmm_starmd.model.network import StarMDNetwork
+from openmm_starmd.rollout import Rollout
+from openmm_starmd.simulation.guards import TORN_TARGET, Guard, GuardSettings
+from openmm_starmd.simulation.proposer import PerturbationProposer
+from openmm_starmd.simulation.sidechains import SideChains
+
+DATA = Path(__file__).parent / "data"
+BINS = 12
+CHI1_BIN = 3  # the bin the hand-set head always draws for χ1: [-π/2, -π/3)
+
+
+def _wrap(x: torch.Tensor) -> torch.Tensor:
+    return torch.remainder(x + math.pi, 2 * math.pi) - math.pi
+
+
+@pytest.fixture(scope="module")
+def chignolin():
+    pdb = app.PDBFile(str(DATA / "cln025.pdb"))
+    return pdb.topology, np.asarray(pdb.positions.value_in_unit(u.nanometer), dtype=np.float64)
+
+
+def _bonds_and_angles(topology: app.Topology, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    bonds = np.array([(a.index, b.index) for a, b in topology.bonds()])
+    neighbours: dict[int, set[int]] = {}
+    for a, b in bonds:
+        neighbours.setdefault(a, set()).add(b)
+        neighbours.setdefault(b, set()).add(a)
+    triples = np.array([(i, j, k) for j, ns in neighbours.items() for i in ns for k in ns if i < k])
+    lengths = np.linalg.norm(x[bonds[:, 0]] - x[bonds[:, 1]], axis=1)
+    u1, u2 = x[triples[:, 0]] - x[triples[:, 1]], x[triples[:, 2]] - x[triples[:, 1]]
+    cos = (u1 * u2).sum(1) / np.linalg.norm(u1, axis=1) / np.linalg.norm(u2, axis=1)
+    return lengths, np.arccos(np.clip(cos, -1, 1))
+
+
+def test_set_chi_reaches_the_target_and_keeps_bonds_and_angles(chignolin):
+    topology, x = chignolin
+    sc = SideChains(topology)
+    names = [r.name for r in topology.residues()]
+    # chignolin GYDPETGTWG as CLN025 (YYDPETGTWY): Pro and Gly have nothing to turn, Glu has χ1–χ3
+    assert not sc.mask[names.index("PRO")].any() and not sc.mask[names.index("GLY")].any()
+    assert sc.mask[names.index("GLU")].tolist() == [True, True, True, False]
+    chi = (torch.rand(sc.num_residues, 4, generator=torch.Generator().manual_seed(0)) * 2 - 1) * math.pi
+    y = sc.set_chi(x, chi)
+    angles, _ = torsions(y, topology)
+    mask = torch.as_tensor(sc.mask)
+    before, _ = torsions(x, topology)
+    assert float(_wrap(before[0, :, 3:] - chi)[mask].abs().min()) > 1e-2  # the targets were not there already
+    assert float(_wrap(angles[0, :, 3:] - chi)[mask].abs().max()) < 1e-4
+    moving = {a for i in range(sc.num_residues) for k in range(4) for a in sc.moving_atoms(i, k)}
+    still = np.setdiff1d(np.arange(len(x)), sorted(moving))
+    assert np.array_equal(y[still], x[still])  # atoms outside the moving sets do not move at all
+    assert np.abs(y[sorted(moving)] - x[sorted(moving)]).max() > 0.1
+    lengths0, angles0 = _bonds_and_angles(topology, x)
+    lengths1, angles1 = _bonds_and_angles(topology, y)
+    assert np.abs(lengths1 - lengths0).max() < 1e-9
+    assert np.abs(angles1 - angles0).max() < 1e-9
+    # φ, ψ, ω are untouched; a mask limits what is set
+    assert float((angles[0, :, :3] - before[0, :, :3]).abs().max()) < 1e-5
+    only_chi1 = np.zeros((sc.num_residues, 4), dtype=bool)
+    only_chi1[:, 0] = True
+    z, _ = torsions(sc.set_chi(x, chi, only_chi1), topology)
+    assert float(_wrap(z[0, :, 3] - chi[:, 0])[mask[:, 0]].abs().max()) < 1e-4
+    # χ2 keeps its value when only χ1 turns (its atoms turn as one body with χ1)
+    assert float(_wrap(z[0, :, 4] - before[0, :, 4])[mask[:, 1]].abs().max()) < 1e-4
+
+
+def _chi_net(bias_bin: int | None = CHI1_BIN) -> StarMDNetwork:
+    torch.manual_seed(0)
+    net = StarMDNetwork(preset("tiny", chi_head=True, chi_bins=BINS))
+    with torch.no_grad():
+        for p in net.parameters():
+            p.add_(0.05 * torch.randn_like(p))
+        if bias_bin is not None:  # χ1 always falls in bias_bin; χ2–χ4 stay spread by the random weights
+            net.chi_head.bias.view(4, BINS)[0, bias_bin] = 50.0
+    return net.eval()
+
+
+@pytest.fixture(scope="module")
+def frames():
+    traj = mdtraj.load(str(DATA / "cln025_3ns.xtc"), top=str(DATA / "cln025.pdb"))[::25]
+    rot, trans, _ = frames_from_positions(traj, traj.topology)
+    return rot, trans, featurize_topology(traj.topology)
+
+
+def test_chi_draw_follows_the_frames_and_replica_k_draws_what_its_single_run_draws(frames):
+    rot, trans, feats = frames
+    net = _chi_net(bias_bin=None)
+    plain = StarMDNetwork(preset("tiny"))
+    plain.load_state_dict({k: v for k, v in net.state_dict().items() if not k.startswith("chi_head")})
+    plain.eval()
+    # the χ draw comes after the frame noise: the frames equal those of the same model without a χ head
+    a, b = Rollout(net, feats, num_steps=3), Rollout(plain, feats, num_steps=3)
+    for ro in (a, b):
+        ro.push(rot[0], trans[0])
+    fa, fb = a.sample(100.0, torch.Generator().manual_seed(5)), b.sample(100.0, torch.Generator().manual_seed(5))
+    assert torch.equal(fa[0], fb[0]) and torch.equal(fa[1], fb[1])
+    assert b.last_chi is None and a.last_chi.shape == (feats.residue_type.shape[0], 4)
+    # batched replicas draw each from its own generator, as single runs seeded the same
+    seeds = [3, 4, 5]
+    batched = Rollout(net, feats, num_steps=3, replicas=3)
+    batched.push(rot[:3], trans[:3])
+    batched.sample(100.0, [torch.Generator().manual_seed(s) for s in seeds])
+    for k, s in enumerate(seeds):
+        single = Rollout(net, feats, num_steps=3)
+        single.push(rot[k], trans[k])
+        single.sample(100.0, torch.Generator().manual_seed(s))
+        assert torch.equal(chi_bin(batched.last_chi[k], BINS), chi_bin(single.last_chi, BINS))
+        assert torch.allclose(batched.last_chi[k], single.last_chi, atol=1e-5)
+    assert not torch.allclose(batched.last_chi[0], batched.last_chi[1])
+
+
+@pytest.fixture(scope="module")
+def system_setup():
+    pdb = app.PDBFile(str(DATA / "cln025.pdb"))
+    system, topology, positions = build_system(pdb.topology, pdb.positions, "implicit-fast")
+    return topology, system, positions
+
+
+@pytest.fixture
+def mapped(monkeypatch):
+    """Every proposal passes the frame guard; the mapped structure whose raw validity is scored is recorded,
+    then refused before relaxation (the raw mapping is what is tested; no OpenMM work)."""
+    seen: list[np.ndarray] = []
+    raw_valid = Guard.raw_valid
+    monkeypatch.setattr(Guard, "check_proposal", lambda self, rot, trans: None)
+    monkeypatch.setattr(Guard, "raw_valid", lambda self, positions: seen.append(positions.copy()) or
+                        raw_valid(self, positions))
+    monkeypatch.setattr(Guard, "check_target", lambda self, positions: TORN_TARGET)
+    return seen
+
+
+ONE_TRY = GuardSettings(max_resamples=0, max_halvings=0)
+
+
+def _chi1_bins(positions: np.ndarray, topology: app.Topology) -> tuple[torch.Tensor, torch.Tensor]:
+    angles, _ = torsions(positions, topology)
+    settable = torch.as_tensor(SideChains(topology).mask[:, 0])
+    return chi_bin(angles[0, :, 3], BINS)[settable], angles[0, :, 3][settable]
+
+
+def test_hybrid_and_ensemble_place_side_chains_from_the_drawn_chi(system_setup, mapped):
+    topology, system, positions = system_setup
+    start = np.asarray(positions.value_in_unit(u.nanometer))
+    net = _chi_net()
+    sim = StarMDSimulation(topology, system, net, jump=100.0, guards=ONE_TRY, platform="Reference", seed=2)
+    assert sim.proposer.draws_chi and sim.side_chains is not None
+    sim.context.setPositions(positions)
+    with pytest.raises(Exception, match="failed the guards"):
+        sim.step(1)
+    assert len(mapped) == 1 and sim.validity()["raw_proposals"] == 1
+    bins, _ = _chi1_bins(mapped[0], topology)
+    start_bins, _ = _chi1_bins(start, topology)
+    assert torch.all(bins == CHI1_BIN) and not torch.all(start_bins == CHI1_BIN)
+    single = mapped.pop()
+    # replica k of an ensemble (batched draw, seed + k) maps what the single run with that seed mapped
+    ens = StarMDEnsemble(topology, system, net, replicas=2, jump=100.0, guards=ONE_TRY, platform="Reference", seed=1)
+    for member in ens.simulations:
+        member.context.setPositions(positions)
+    with pytest.raises(Exception, match="every replica failed"):
+        ens.step(1)
+    assert len(mapped) == 2
+    assert np.abs(mapped[1] - single).max() < 1e-4
+    assert np.abs(mapped[0] - mapped[1]).max() > 1e-2
+    assert all(torch.all(_chi1_bins(x, topology)[0] == CHI1_BIN) for x in mapped)
+
+
+def test_proposers_without_a_chi_head_keep_side_chains_rigid(system_setup):
+    topology, system, _ = system_setup
+    perturb = StarMDSimulation(topology, system, PerturbationProposer(), jump=100.0, guards=ONE_TRY,
+                               platform="Reference", seed=0)
+    assert perturb.side_chains is None and perturb.proposer.proposal_chi() is None
+    plain = StarMDSimulation(topology, system, StarMDNetwork(preset("tiny")), jump=100.0, guards=ONE_TRY,
+                             platform="Reference", seed=0)
+    assert not plain.proposer.draws_chi and plain.side_chains is None
+
+
+def test_starmd_rollout_all_atoms_places_side_chains_and_says_so(tmp_path):
+    from openmm_starmd.generate import run_rollout
+
+    folder = save_model(tmp_path / "chi_model", _chi_net())
+    out = run_rollout(DATA / "cln025.pdb", tmp_path / "run", time_ps=200.0, jump_ps=100.0, model=folder,
+                      atoms="all", device="cpu", progress=False)
+    record = json.loads((out / "run.json").read_text())
+    assert record["settings"]["side_chains"] == "chi head"
+    traj = mdtraj.load(str(out / "traj.xtc"), top=str(out / "topology.pdb"))
+    assert traj.n_frames == 2
+    top = app.PDBFile(str(out / "topology.pdb")).topology
+    for frame in traj.xyz:
+        _, chi1 = _chi1_bins(frame, top)
+        centre = -math.pi + (CHI1_BIN + 0.5) * 2 * math.pi / BINS
+        # XTC keeps 0.001 nm: the angle is inside the bin to ~0.02 rad
+        assert float(_wrap(chi1 - centre).abs().max()) < math.pi / BINS + 0.03
