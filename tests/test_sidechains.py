@@ -212,3 +212,17 @@ def test_starmd_rollout_all_atoms_places_side_chains_and_says_so(tmp_path):
         centre = -math.pi + (CHI1_BIN + 0.5) * 2 * math.pi / BINS
         # XTC keeps 0.001 nm: the angle is inside the bin to ~0.02 rad
         assert float(_wrap(chi1 - centre).abs().max()) < math.pi / BINS + 0.03
+
+
+def test_simulate_records_side_chains_from_the_chi_head(tmp_path, mapped):
+    from openmm_starmd.simulation.run import run_simulation
+
+    folder = save_model(tmp_path / "chi_model", _chi_net())
+    out = tmp_path / "run"
+    with pytest.raises(Exception, match="failed the guards"):  # every target is refused (fixture): no relaxation
+        run_simulation(DATA / "cln025.pdb", out, time_ps=100.0, jump_ps=100.0, model=str(folder), seed=0,
+                       platform="Reference", forcefield="implicit-fast", progress=False)
+    record = json.loads((out / "run.json").read_text())
+    assert record["settings"]["side_chains"] == "chi head" and record["status"] == "failed"
+    assert len(mapped) == record["validity"]["raw_proposals"] > 0
+    assert torch.all(_chi1_bins(mapped[0], app.PDBFile(str(out / "topology.pdb")).topology)[0] == CHI1_BIN)
