@@ -12,6 +12,7 @@ import openmm.app as app
 import openmm.unit as u
 import pytest
 import torch
+from devicecheck import DeviceCheck
 
 from openmm_starmd import StarMDEnsemble, StarMDSimulation
 from openmm_starmd.data.featurize import featurize_topology
@@ -175,11 +176,15 @@ def test_hybrid_and_ensemble_place_side_chains_from_the_drawn_chi(system_setup, 
     assert torch.all(bins == CHI1_BIN) and not torch.all(start_bins == CHI1_BIN)
     single = mapped.pop()
     # replica k of an ensemble (batched draw, seed + k) maps what the single run with that seed mapped
-    ens = StarMDEnsemble(topology, system, net, replicas=2, jump=100.0, guards=ONE_TRY, platform="Reference", seed=1)
-    for member in ens.simulations:
-        member.context.setPositions(positions)
-    with pytest.raises(Exception, match="every replica failed"):
-        ens.step(1)
+    host = ("AtomMap.__init__", "AtomMap.frames", "AtomMap.move_atoms", "AtomMap.move_atoms.<locals>.<genexpr>",
+            "backbone_atom_indices", "chain_breaks", "torsion_atom_indices", "IGSO3.__init__")
+    with DeviceCheck("cpu", allow=host):  # the χ path makes no tensor without an explicit device
+        ens = StarMDEnsemble(topology, system, net, replicas=2, jump=100.0, guards=ONE_TRY, platform="Reference",
+                             seed=1)
+        for member in ens.simulations:
+            member.context.setPositions(positions)
+        with pytest.raises(Exception, match="every replica failed"):
+            ens.step(1)
     assert len(mapped) == 2
     assert np.abs(mapped[1] - single).max() < 1e-4
     assert np.abs(mapped[0] - mapped[1]).max() > 1e-2
