@@ -100,7 +100,7 @@ class _Trajectories:
         side-chain torsions ``[N, 4]`` rad (None: side chains move rigidly)."""
         moved = self.atom_map.move_atoms(self.positions, self.start_frames, (rot, trans))
         if self.side_chains is not None:
-            moved = self.side_chains.set_chi(moved, chi)
+            moved = self.side_chains.place(moved, chi)
         return moved[self.keep]
 
     def save(self, first_jump: int, jump_ps: float, frames: list[list[np.ndarray]], model_s: list[float]) -> list[dict]:

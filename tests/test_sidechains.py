@@ -15,6 +15,7 @@ import torch
 from devicecheck import DeviceCheck
 
 from openmm_starmd import StarMDEnsemble, StarMDSimulation
+from openmm_starmd.analysis.validity import frame_validity
 from openmm_starmd.data.featurize import featurize_topology
 from openmm_starmd.forcefields import build_system
 from openmm_starmd.frames.protein import frames_from_positions, torsions
@@ -29,7 +30,7 @@ from openmm_starmd.simulation.sidechains import SideChains
 
 DATA = Path(__file__).parent / "data"
 BINS = 12
-CHI1_BIN = 3  # the bin the hand-set head always draws for χ1: [-π/2, -π/3)
+CHI1_BIN = 0  # the bin the hand-set head always draws for χ1: [-π, -5π/6), trans; no χ1 of the start is there
 
 
 def _wrap(x: torch.Tensor) -> torch.Tensor:
@@ -87,6 +88,24 @@ def test_set_chi_reaches_the_target_and_keeps_bonds_and_angles(chignolin):
     assert float(_wrap(z[0, :, 4] - before[0, :, 4])[mask[:, 1]].abs().max()) < 1e-4
 
 
+def test_place_keeps_a_draw_only_where_it_adds_no_overlap(chignolin):
+    topology, x = chignolin
+    sc = SideChains(topology)
+    md_top = mdtraj.Topology.from_openmm(topology)
+    before, _ = torsions(x, topology)
+    chi = before[0, :, 3:].clone()
+    chi[8, 0] = math.radians(-60.0)  # Trp9's ring turned into Tyr2 and the turn: 20 heavy-atom overlaps
+    chi[5, 0] = math.radians(60.0)  # Thr6 turned where nothing is in the way
+    clashes = frame_validity(mdtraj.Trajectory(sc.set_chi(x, chi)[None].astype(np.float32), md_top)).heavy_clashes
+    assert clashes[0] >= 10
+    y = sc.place(x, chi)
+    assert frame_validity(mdtraj.Trajectory(y[None].astype(np.float32), md_top)).heavy_clashes[0] == 0
+    trp = [a.index for a in list(topology.residues())[8].atoms()]
+    assert np.array_equal(y[trp], x[trp])  # Trp9 keeps its rigidly moved side chain
+    angles, _ = torsions(y, topology)
+    assert abs(float(_wrap(angles[0, 5, 3] - chi[5, 0]))) < 1e-4  # Thr6 takes its draw
+
+
 def _chi_net(bias_bin: int | None = CHI1_BIN) -> StarMDNetwork:
     torch.manual_seed(0)
     net = StarMDNetwork(preset("tiny", chi_head=True, chi_bins=BINS))
@@ -140,7 +159,21 @@ def system_setup():
 
 
 @pytest.fixture
-def mapped(monkeypatch):
+def placed(monkeypatch):
+    """Every side-chain placement as (rigidly moved input, output) pairs."""
+    seen: list[tuple[np.ndarray, np.ndarray]] = []
+    place = SideChains.place
+
+    def recording(self, positions, chi, *args, **kwargs):
+        seen.append((np.array(positions, dtype=np.float64), place(self, positions, chi, *args, **kwargs)))
+        return seen[-1][1]
+
+    monkeypatch.setattr(SideChains, "place", recording)
+    return seen
+
+
+@pytest.fixture
+def mapped(monkeypatch, placed):
     """Every proposal passes the frame guard; the mapped structure whose raw validity is scored is recorded,
     then refused before relaxation (the raw mapping is what is tested; no OpenMM work)."""
     seen: list[np.ndarray] = []
@@ -161,7 +194,19 @@ def _chi1_bins(positions: np.ndarray, topology: app.Topology) -> tuple[torch.Ten
     return chi_bin(angles[0, :, 3], BINS)[settable], angles[0, :, 3][settable]
 
 
-def test_hybrid_and_ensemble_place_side_chains_from_the_drawn_chi(system_setup, mapped):
+def _took_the_draw(rigid: np.ndarray, out: np.ndarray, topology: app.Topology) -> int:
+    """Residues whose χ1 is in the forced bin; every other settable residue kept its rigid side chain
+    (the draw would have overlapped a neighbour: SideChains.place)."""
+    settable = np.flatnonzero(SideChains(topology).mask[:, 0])
+    bins, _ = _chi1_bins(out, topology)
+    residues = list(topology.residues())
+    for i, b in zip(settable, bins.tolist(), strict=True):
+        atoms = [a.index for a in residues[i].atoms()]
+        assert b == CHI1_BIN or np.array_equal(out[atoms], rigid[atoms])
+    return int((bins == CHI1_BIN).sum())
+
+
+def test_hybrid_and_ensemble_place_side_chains_from_the_drawn_chi(system_setup, mapped, placed):
     topology, system, positions = system_setup
     start = np.asarray(positions.value_in_unit(u.nanometer))
     net = _chi_net()
@@ -170,10 +215,10 @@ def test_hybrid_and_ensemble_place_side_chains_from_the_drawn_chi(system_setup, 
     sim.context.setPositions(positions)
     with pytest.raises(Exception, match="failed the guards"):
         sim.step(1)
-    assert len(mapped) == 1 and sim.validity()["raw_proposals"] == 1
-    bins, _ = _chi1_bins(mapped[0], topology)
+    assert len(mapped) == len(placed) == 1 and sim.validity()["raw_proposals"] == 1
+    assert np.array_equal(mapped[0], placed[0][1])  # raw validity scores the structure with χ placed
     start_bins, _ = _chi1_bins(start, topology)
-    assert torch.all(bins == CHI1_BIN) and not torch.all(start_bins == CHI1_BIN)
+    assert _took_the_draw(*placed[0], topology) >= 3 > int((start_bins == CHI1_BIN).sum())
     single = mapped.pop()
     # replica k of an ensemble (batched draw, seed + k) maps what the single run with that seed mapped
     host = ("AtomMap.__init__", "AtomMap.frames", "AtomMap.move_atoms", "AtomMap.move_atoms.<locals>.<genexpr>",
@@ -188,7 +233,7 @@ def test_hybrid_and_ensemble_place_side_chains_from_the_drawn_chi(system_setup, 
     assert len(mapped) == 2
     assert np.abs(mapped[1] - single).max() < 1e-4
     assert np.abs(mapped[0] - mapped[1]).max() > 1e-2
-    assert all(torch.all(_chi1_bins(x, topology)[0] == CHI1_BIN) for x in mapped)
+    assert all(_took_the_draw(*pair, topology) >= 3 for pair in placed[1:])
 
 
 def test_proposers_without_a_chi_head_keep_side_chains_rigid(system_setup):
@@ -201,7 +246,7 @@ def test_proposers_without_a_chi_head_keep_side_chains_rigid(system_setup):
     assert not plain.proposer.draws_chi and plain.side_chains is None
 
 
-def test_starmd_rollout_all_atoms_places_side_chains_and_says_so(tmp_path):
+def test_starmd_rollout_all_atoms_places_side_chains_and_says_so(tmp_path, placed):
     from openmm_starmd.generate import run_rollout
 
     folder = save_model(tmp_path / "chi_model", _chi_net())
@@ -212,14 +257,13 @@ def test_starmd_rollout_all_atoms_places_side_chains_and_says_so(tmp_path):
     traj = mdtraj.load(str(out / "traj.xtc"), top=str(out / "topology.pdb"))
     assert traj.n_frames == 2
     top = app.PDBFile(str(out / "topology.pdb")).topology
-    for frame in traj.xyz:
-        _, chi1 = _chi1_bins(frame, top)
-        centre = -math.pi + (CHI1_BIN + 0.5) * 2 * math.pi / BINS
-        # XTC keeps 0.001 nm: the angle is inside the bin to ~0.02 rad
-        assert float(_wrap(chi1 - centre).abs().max()) < math.pi / BINS + 0.03
+    assert len(placed) == 2
+    for frame, (rigid, written) in zip(traj.xyz, placed, strict=True):
+        assert np.abs(frame - written).max() < 1e-3  # XTC keeps 0.001 nm
+        assert _took_the_draw(rigid, written, top) >= 1  # untrained frames crowd the chain: most draws overlap
 
 
-def test_simulate_records_side_chains_from_the_chi_head(tmp_path, mapped):
+def test_simulate_records_side_chains_from_the_chi_head(tmp_path, mapped, placed):
     from openmm_starmd.simulation.run import run_simulation
 
     folder = save_model(tmp_path / "chi_model", _chi_net())
@@ -230,4 +274,5 @@ def test_simulate_records_side_chains_from_the_chi_head(tmp_path, mapped):
     record = json.loads((out / "run.json").read_text())
     assert record["settings"]["side_chains"] == "chi head" and record["status"] == "failed"
     assert len(mapped) == record["validity"]["raw_proposals"] > 0
-    assert torch.all(_chi1_bins(mapped[0], app.PDBFile(str(out / "topology.pdb")).topology)[0] == CHI1_BIN)
+    assert np.array_equal(mapped[0], placed[0][1])
+    assert _took_the_draw(*placed[0], app.PDBFile(str(out / "topology.pdb")).topology) >= 1

@@ -290,7 +290,7 @@ class StarMDSimulation(app.Simulation):
                 # Atoms live on the CPU (numpy, OpenMM); only the model's frames come from its device.
                 target = self.atom_map.move_atoms(positions, old, (rot.cpu(), trans.cpu()))
                 if self.side_chains is not None:  # χ drawn with the proposal
-                    target = self.side_chains.set_chi(target, self.proposer.proposal_chi())
+                    target = self.side_chains.place(target, self.proposer.proposal_chi())
                 stats.raw_valid += self.guard.raw_valid(target)
                 reason = self.guard.check_target(target)
             if reason is None:

@@ -8,6 +8,11 @@ Bond lengths and angles do not change, and turning χ1 carries the atoms of χ2�
 
 Torsions whose far side is not a tree hanging off atom3 inside its own residue are left rigid: proline
 (the ring closes onto N), and any side chain bonded to another residue (a disulfide, a cross-link).
+
+χ is drawn per residue, blind to the neighbours' draws, so two packed side chains (chignolin's Tyr2 and
+Trp9) can be turned into each other. :meth:`SideChains.place` therefore keeps a residue's draw only
+where it adds no heavy-atom overlap (closer than ``clash_nm``, more than three bonds apart) that the
+rigidly moved structure did not have; otherwise that residue keeps its rigidly moved side chain.
 """
 
 from __future__ import annotations
@@ -17,7 +22,9 @@ from typing import Any
 import numpy as np
 import openmm.app as app
 import torch
+from scipy.spatial import cKDTree
 
+from openmm_starmd.analysis.validity import HEAVY_CLASH_NM
 from openmm_starmd.errors import StarMDError
 from openmm_starmd.frames.protein import backbone_atom_indices, dihedral, torsion_atom_indices
 from openmm_starmd.frames.rigid import rotate_about_axis
@@ -63,6 +70,9 @@ class SideChains:
             neighbours[b.index].add(a.index)
         N = len(framed)
         self.num_atoms = len(residue_of)
+        self._heavy = np.array([a.element is None or a.element.symbol != "H" for a in topology.atoms()])
+        self._near = _within_three_bonds(neighbours, self._heavy)
+        self._owner_residue = np.full(self.num_atoms, -1, dtype=np.int64)  # residue whose χ turns the atom
         self.mask = np.zeros((N, NUM_CHI), dtype=bool)
         # Per χk: residues (rows), their atom quadruples, and the moving atoms with the row they belong to.
         self._rows: list[torch.Tensor] = []
@@ -79,6 +89,7 @@ class SideChains:
                 if a4 not in moving or a1 in moving or any(residue_of[x] != i for x in moving):
                     continue  # a ring through the backbone (proline), a cross-link, or missing bonds
                 self.mask[i, k] = True
+                self._owner_residue[sorted(moving)] = i
                 atoms += sorted(moving)
                 owner += [len(rows)] * len(moving)
                 rows.append(i)
@@ -139,6 +150,55 @@ class SideChains:
             origin, axis = p[owner, 2], p[owner, 2] - p[owner, 1]
             x[atoms] = rotate_about_axis(x[atoms], origin, axis, delta[owner])
         return x.numpy()
+
+
+    def place(self, positions: Any, chi: torch.Tensor | None, clash_nm: float = HEAVY_CLASH_NM) -> np.ndarray:
+        """:meth:`set_chi`, undone for every residue whose turned heavy atoms then overlap another heavy
+        atom (closer than ``clash_nm`` nm, more than three bonds apart) that they did not overlap before.
+
+        Parameters
+        ----------
+        positions
+            ``[n_atoms, 3]`` nm, the rigidly moved structure.
+        chi
+            ``[N, 4]`` rad, or None (positions returned unchanged).
+        clash_nm
+            Overlap distance, nm (default: ``starmd validate``'s heavy-atom clash).
+
+        Returns
+        -------
+        numpy.ndarray
+            ``[n_atoms, 3]`` nm, float64.
+        """
+        before = np.asarray(positions, dtype=np.float64)
+        after = self.set_chi(before, chi)
+        heavy = np.flatnonzero(self._heavy)
+        while True:  # undoing one residue can expose another's draw to the old side chain: repeat until clean
+            pairs = cKDTree(after[heavy]).query_pairs(clash_nm, output_type="ndarray")
+            a, b = heavy[pairs[:, 0]], heavy[pairs[:, 1]]
+            # bonded neighbours were as close before, so this cheap test drops them before the bond lookup
+            new = np.linalg.norm(before[a] - before[b], axis=-1) >= clash_nm
+            a, b = a[new], b[new]
+            far = np.array([int(y) not in self._near[int(x)] for x, y in zip(a, b, strict=True)], dtype=bool)
+            a, b = a[far], b[far]
+            residues = np.unique(np.concatenate([self._owner_residue[a], self._owner_residue[b]]))
+            residues = residues[residues >= 0]
+            moved = np.isin(self._owner_residue, residues) & np.any(after != before, axis=-1)
+            if not moved.any():
+                return after
+            after[moved] = before[moved]
+
+
+def _within_three_bonds(neighbours: list[set[int]], heavy: np.ndarray) -> list[set[int]]:
+    """For each atom, the heavy atoms one to three bonds away (pairs a clash check leaves out)."""
+    near: list[set[int]] = []
+    for start in range(len(neighbours)):
+        found, shell = {start}, {start}
+        for _ in range(3):
+            shell = {n for atom in shell for n in neighbours[atom]} - found
+            found |= shell
+        near.append({x for x in found if heavy[x]} - {start})
+    return near
 
 
 def side_chains_for(topology: app.Topology, proposer: Any) -> SideChains | None:
