@@ -151,7 +151,6 @@ class SideChains:
             x[atoms] = rotate_about_axis(x[atoms], origin, axis, delta[owner])
         return x.numpy()
 
-
     def place(self, positions: Any, chi: torch.Tensor | None, clash_nm: float = HEAVY_CLASH_NM) -> np.ndarray:
         """:meth:`set_chi`, undone for every residue whose turned heavy atoms then overlap another heavy
         atom (closer than ``clash_nm`` nm, more than three bonds apart) that they did not overlap before.
@@ -190,9 +189,13 @@ class SideChains:
 
 
 def _within_three_bonds(neighbours: list[set[int]], heavy: np.ndarray) -> list[set[int]]:
-    """For each atom, the heavy atoms one to three bonds away (pairs a clash check leaves out)."""
+    """For each heavy atom, the heavy atoms one to three bonds away (pairs a clash check leaves out);
+    empty for hydrogens."""
     near: list[set[int]] = []
     for start in range(len(neighbours)):
+        if not heavy[start]:
+            near.append(set())
+            continue
         found, shell = {start}, {start}
         for _ in range(3):
             shell = {n for atom in shell for n in neighbours[atom]} - found
