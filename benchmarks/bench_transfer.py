@@ -4,13 +4,13 @@ For one reserved mini-protein (prepared from ``../shared/data/structures``; eval
 for training) and one relaxation protocol, one process runs:
 
 * ``starmd simulate``'s driver (:func:`openmm_starmd.simulation.run.run_simulation`) for ``--time`` at
-  ``--jump`` with the shipped default model and ``implicit-fast``: proposals, rejections by reason, cycles
+  ``--jump`` with ``--model`` (default: the shipped model) and ``implicit-fast``: proposals, rejections by
+  reason, raw validity of the model's proposals (before guards and relaxation), cycles
   that failed outright, CA RMSD of every frame to the start structure, hybrid ns/day;
 * plain OpenMM MD of the same prepared structure (same preset, minimised, ``--md-ps`` long, one frame
   per ps): CA RMSD to the start over time and plain ns/day, measured in the same process.
 
-Raw model validity (before guards and relaxation) is not exposed by the simulator in this branch, so it
-is not reported. Each run writes one part file; ``--collect`` merges the parts into
+Each run writes one part file; ``--collect`` merges the parts into
 ``benchmarks/results/transfer.{json,md}``.
 
     python benchmarks/bench_transfer.py --system 2JOF --protocol default --parts /tmp/parts
@@ -87,12 +87,12 @@ def plain_md(pdb_path: Path, md_ps: float, seed: int) -> dict:
 
 
 def run_one(name: str, protocol: str, time_ps: float, jump_ps: float, md_ps: float, seed: int, work: Path,
-            structures: Path = STRUCTURES) -> dict:
+            structures: Path = STRUCTURES, model: str = "default", label: str = "") -> dict:
     file, chains = SYSTEMS[name]
     work.mkdir(parents=True, exist_ok=True)
     prepared = work / f"{name}.pdb"
     prep.write_pdb(prep.prepare(structures / file, chains=chains), prepared, overwrite=True)
-    out = work / f"{name}_{protocol}"
+    out = work / f"{name}_{protocol}{label}"
     if out.exists():
         shutil.rmtree(out)
     relax = RelaxSettings(**PROTOCOLS[protocol])
@@ -100,7 +100,7 @@ def run_one(name: str, protocol: str, time_ps: float, jump_ps: float, md_ps: flo
     status = "complete"
     try:
         run_simulation(prepared, out, time_ps, jump_ps=jump_ps, relax=relax, seed=seed, platform="CPU",
-                       forcefield=PRESET, progress=False)
+                       forcefield=PRESET, progress=False, model=model)
     except StarMDError as exc:  # a cycle whose every proposal failed: reported, not hidden
         status = f"failed: {exc}"
     wall = time.perf_counter() - wall
@@ -116,7 +116,8 @@ def run_one(name: str, protocol: str, time_ps: float, jump_ps: float, md_ps: flo
     plain = plain_md(out / "topology.pdb", md_ps, seed)
     hybrid_ns_day = record.get("speed", {}).get("ns_per_day", float("nan"))
     return {
-        "system": name, "protocol": protocol, "relax": relax.describe(), "status": status,
+        "system": name, "protocol": protocol, "model": model, "relax": relax.describe(), "status": status,
+        "validity": record.get("validity"), "side_chains": record.get("side_chains"),
         "time_ps": time_ps, "jump_ps": jump_ps, "seed": seed, "jumps_done": done, "halvings": record.get("halvings", 0),
         "rejections": rejections, "proposals": proposals,
         "rejected_fraction": sum(rejections.values()) / max(proposals, 1), "wall_s": wall,
@@ -134,7 +135,7 @@ def _series(values: list[float], every: int = 5) -> str:
 def collect(parts: Path, out: Path) -> None:
     entries = [json.loads(p.read_text()) for p in sorted(parts.glob("*.json"))]
     atomic_write_json(out.with_suffix(".json"), {"runs": entries})
-    lines = ["# Transfer to reserved mini-proteins (never trained on): 1 ns jumps, shipped default model", "",
+    lines = ["# Transfer to reserved mini-proteins (never trained on): 1 ns jumps", "",
              "Hybrid: `run_simulation` (what `starmd simulate` runs) with `implicit-fast`, seed per row, on the shared "
              "2-core CPU (heavily loaded while measured: timings pessimistic, ratio measured in the same process). "
              "Plain MD: the same prepared structure, minimised, Langevin 4 fs, length per row. CA RMSD to the prepared "
@@ -143,20 +144,24 @@ def collect(parts: Path, out: Path) -> None:
              "(clash relief, 2 ps MD); `strict` = the default with clash relief down to 5e3 kJ/mol/nm and 100 "
              "minimiser iterations. One seed (1) per row. Villin before the fix: a traced run of the old protocol "
              "(20 ns, seed 1) had 33 of 57 proposals rejected (32 OpenMM errors); see the README notes.", "",
-             "| system | protocol | frames | proposals | rejected | by reason | max CA RMSD hybrid (nm) "
-             "| plain MD: length, max CA RMSD | hybrid ns/day | plain ns/day | speed ratio | goals (≤5 %, ≤0.3 nm) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| system | model | protocol | frames | proposals | rejected | by reason | raw valid | max CA RMSD "
+             "hybrid (nm) | plain MD: length, max CA RMSD | hybrid ns/day | plain ns/day | speed ratio "
+             "| goals (≤5 %, ≤0.3 nm) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         reasons = ", ".join(f"{k} {v}" for k, v in e["rejections"].items() if v) or "–"
         goals = "met" if all(e["goals"].values()) else ", ".join(k for k, v in e["goals"].items() if not v) + " missed"
-        lines.append(f"| {e['system']} | {e['protocol']} | {e['jumps_done']} | {e['proposals']} | "
-                     f"{e['rejected_fraction']:.1%} | {reasons} | {e['max_ca_rmsd_nm']:.3f} | "
+        raw = (e.get("validity") or {}).get("raw_valid_fraction")
+        raw = "–" if raw is None else f"{raw:.0%}"
+        lines.append(f"| {e['system']} | {e.get('model', 'default')} | {e['protocol']} | {e['jumps_done']} | "
+                     f"{e['proposals']} | {e['rejected_fraction']:.1%} | {reasons} | {raw} | "
+                     f"{e['max_ca_rmsd_nm']:.3f} | "
                      f"{e['plain_md']['length_ps']:.0f} ps, {e['plain_md']['max_ca_rmsd_nm']:.3f} | "
                      f"{e['hybrid_ns_per_day']:,.0f} | {e['plain_md']['ns_per_day']:.0f} | "
                      f"{e['speed_ratio']:.0f}× | {goals} |")
     lines += ["", "CA RMSD to the start (nm), every 5th frame (hybrid: every 5 ns; plain MD: every 5 ps):", ""]
     for e in entries:
-        lines.append(f"- {e['system']} {e['protocol']}: hybrid {_series(e['ca_rmsd_nm'])}; "
+        lines.append(f"- {e['system']} {e.get('model', 'default')} {e['protocol']}: hybrid {_series(e['ca_rmsd_nm'])}; "
                      f"plain MD {_series(e['plain_md']['ca_rmsd_nm'])}"
                      + (f" ({e['status']})" if e["status"] != "complete" else ""))
     with atomic_write(out.with_suffix(".md")) as handle:
@@ -172,6 +177,8 @@ def main() -> None:
     parser.add_argument("--jump-ps", type=float, default=1000.0)
     parser.add_argument("--md-ps", type=float, default=100.0, help="plain MD length, ps")
     parser.add_argument("--seed", type=int, default=1)
+    parser.add_argument("--model", default="default", help="STAR-MD checkpoint folder or default")
+    parser.add_argument("--label", default="", help="suffix of this run's part and work folder (e.g. _chi)")
     parser.add_argument("--structures", default=str(STRUCTURES), help="folder of the reserved PDB entries")
     parser.add_argument("--work", default="/tmp/bench_transfer")
     parser.add_argument("--parts", required=True, help="folder of per-run JSON parts")
@@ -185,9 +192,9 @@ def main() -> None:
     if args.system is None:
         parser.error("give --system (or --collect)")
     entry = run_one(args.system, args.protocol, args.time_ps, args.jump_ps, args.md_ps, args.seed, Path(args.work),
-                    Path(args.structures))
+                    Path(args.structures), args.model, args.label)
     parts.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(parts / f"{args.system}_{args.protocol}.json", entry)
+    atomic_write_json(parts / f"{args.system}_{args.protocol}{args.label}.json", entry)
     print(json.dumps({k: entry[k] for k in ("system", "protocol", "jumps_done", "proposals", "rejections",
                                             "max_ca_rmsd_nm", "speed_ratio")}))
 
