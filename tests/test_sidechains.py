@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import io
 import json
 import math
 from pathlib import Path
@@ -19,13 +20,15 @@ from openmm_starmd.analysis.validity import frame_validity
 from openmm_starmd.data.featurize import featurize_topology
 from openmm_starmd.forcefields import build_system
 from openmm_starmd.frames.protein import frames_from_positions, torsions
+from openmm_starmd.frames.rigid import interpolate
 from openmm_starmd.model.checkpoint import save_model
 from openmm_starmd.model.chi import chi_bin
 from openmm_starmd.model.config import preset
 from openmm_starmd.model.network import StarMDNetwork
 from openmm_starmd.rollout import Rollout
 from openmm_starmd.simulation.guards import TORN_TARGET, Guard, GuardSettings
-from openmm_starmd.simulation.proposer import PerturbationProposer
+from openmm_starmd.simulation.proposer import PerturbationProposer, StarMDProposer
+from openmm_starmd.simulation.relax import RelaxSettings
 from openmm_starmd.simulation.sidechains import SideChains
 
 DATA = Path(__file__).parent / "data"
@@ -276,3 +279,50 @@ def test_simulate_records_side_chains_from_the_chi_head(tmp_path, mapped, placed
     assert len(mapped) == record["validity"]["raw_proposals"] > 0
     assert np.array_equal(mapped[0], placed[0][1])
     assert _took_the_draw(*placed[0], app.PDBFile(str(out / "topology.pdb")).topology) >= 1
+
+
+class _Damped(StarMDProposer):
+    """Untrained frames squashed to small moves so that cycles are accepted (as in test_simulation_starmd);
+    the χ draw is the model's own."""
+
+    def push(self, rotations, translations):
+        self.last = (rotations.float(), translations.float())
+        super().push(rotations, translations)
+
+    def propose(self, dt_ps, generator):
+        rot, trans = super().propose(dt_ps, generator)
+        last_rot, last_trans = self.last
+        return interpolate(last_rot, rot, 0.01), last_trans + 0.005 * torch.tanh(trans - last_trans)
+
+
+def test_chi_runs_resume_exactly_and_turn_side_chains(system_setup):
+    topology, system, positions = system_setup
+    net = _chi_net(bias_bin=None)
+    quick = RelaxSettings(time_ps=0.04, minimize_iterations=5, ramp_stages=2)
+
+    def make(seed):
+        sim = StarMDSimulation(topology, system, _Damped(net, topology, num_steps=2), jump=1000.0, relax=quick,
+                               platform="Reference", seed=seed)
+        sim.context.setPositions(positions)
+        return sim
+
+    straight = make(4)
+    straight.step(3)
+    assert sum(straight.rejections.values()) == 0
+    first = make(4)
+    first.step(1)
+    buffer = io.BytesIO()
+    first.saveCheckpoint(buffer)
+    buffer.seek(0)
+    resumed = make(11)
+    resumed.loadCheckpoint(buffer)
+    resumed.proposer.last = first.proposer.last  # the damping wrapper's own memory (not rollout state)
+    resumed.step(2)
+    a = straight.context.getState(positions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
+    b = resumed.context.getState(positions=True).getPositions(asNumpy=True).value_in_unit(u.nanometer)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    start, _ = torsions(np.asarray(positions.value_in_unit(u.nanometer)), topology)
+    end, _ = torsions(np.asarray(a), topology)
+    settable = torch.as_tensor(straight.side_chains.mask[:, 0])
+    # frames barely move (damped), yet side chains changed rotamer: the χ draws reached the structure
+    assert int((_wrap(end[0, :, 3] - start[0, :, 3]).abs() > math.radians(60))[settable].sum()) >= 2
