@@ -103,9 +103,11 @@ def test_tiny_chi_head_learns_chignolin_rotamers(atlas, tmp_path):
     assert chi_part() < 0.6 * before
 
 
-def test_chi_head_added_to_the_shipped_model_keeps_its_frames(atlas, tmp_path):
+def test_chi_head_added_to_a_model_without_one_keeps_its_frames(atlas, tmp_path):
     config, weights, record = initial_model("default", None, None)
-    assert not config.chi_head
+    # An older checkpoint: the shipped model's trunk and frame head, no χ head.
+    config = config.replace(chi_head=False)
+    weights = {k: v for k, v in weights.items() if not k.startswith("chi_head.")}
     with_chi = config.replace(chi_head=True)
     opts = TrainOptions(steps=1, batch_size=1, lr=1e-9, warmup_steps=1, val_every=10**9, checkpoint_every=10**9,
                         progress=False)
@@ -113,5 +115,5 @@ def test_chi_head_added_to_the_shipped_model_keeps_its_frames(atlas, tmp_path):
     trainer = Trainer(with_chi, [data[0]], None, tmp_path / "ft", opts, collate_windows, init_weights=weights,
                       record={"init": record})
     state = trainer.net.state_dict()
-    assert all(torch.equal(state[k], v) for k, v in weights.items())  # the trunk and frame head as shipped
+    assert all(torch.equal(state[k], v) for k, v in weights.items())  # the trunk and frame head as saved
     assert torch.count_nonzero(state["chi_head.weight"]) == 0  # the new head starts uniform
