@@ -289,7 +289,8 @@ def _add_rollout(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="default",
                    help="STAR-MD checkpoint folder, or default: the model shipped with the package")
     p.add_argument("--atoms", default="backbone", choices=["backbone", "all"],
-                   help="write N, CA, C, O (default) or all atoms, each residue moved rigidly with its frame")
+                   help="write N, CA, C, O (default) or all atoms (each residue moved with its frame, side "
+                        "chains turned to the drawn χ with a χ-head model)")
     p.add_argument("--resume", action="store_true",
                    help="continue an interrupted run (settings from run.json; --time may extend it)")
     p.add_argument("--overwrite", action="store_true", help="replace an existing run folder's files")
