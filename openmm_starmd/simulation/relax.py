@@ -60,6 +60,13 @@ class RelaxSettings:
     friction_per_ps
         Friction of a Langevin integrator during the MD segment, 1/ps (restored afterwards); ``None``
         keeps the integrator's.
+    solvent_overlap_nm
+        Solvated systems: a water (or ion) whose heavy atom is closer than this (minimum image) to a
+        protein heavy atom of the mapped target is inside the moved protein
+        (:meth:`~openmm_starmd.simulation.solvent.SolventLayout.merge`).
+    solvent_relocate
+        Move such molecules, whole, into the space the protein left before relaxing (else the clash relief
+        alone pushes them out).
     """
 
     time_ps: float = 2.0
@@ -74,6 +81,8 @@ class RelaxSettings:
     clash_step_nm: float = 0.01
     velocities: str = "fresh"
     friction_per_ps: float | None = None
+    solvent_overlap_nm: float = 0.22
+    solvent_relocate: bool = True
 
     def __post_init__(self) -> None:
         if not self.time_ps >= 0.0:
@@ -92,6 +101,8 @@ class RelaxSettings:
             raise StarMDError(f"velocities must be one of {', '.join(VELOCITY_CHOICES)}, got {self.velocities!r}")
         if self.friction_per_ps is not None and not self.friction_per_ps > 0.0:
             raise StarMDError(f"friction_per_ps must be > 0 (or None), got {self.friction_per_ps}")
+        if not self.solvent_overlap_nm >= 0.0:
+            raise StarMDError(f"solvent_overlap_nm must be >= 0 nm, got {self.solvent_overlap_nm}")
 
     def describe(self) -> dict:
         """The settings as a JSON-ready dict."""
@@ -125,7 +136,13 @@ class BackboneRestraints:
         self.force_group = -1
 
     def add_to(self, system: openmm.System) -> int:
-        """Add the force to ``system`` in a force group of its own; returns that group."""
+        """Add the force to ``system`` in a force group of its own; returns that group.
+
+        In a periodic System the distance to the target is the minimum image (``periodicdistance``):
+        platforms may hand a CustomExternalForce wrapped positions, and a barostat moves molecules.
+        """
+        if system.usesPeriodicBoundaryConditions():
+            self.force.setEnergyFunction(f"0.5*{RESTRAINT_K}*periodicdistance(x, y, z, x0, y0, z0)^2")
         used = {system.getForce(i).getForceGroup() for i in range(system.getNumForces())}
         free = [g for g in range(31, -1, -1) if g not in used]
         if not free:
