@@ -243,12 +243,14 @@ def summarise(args, ref_rows: list[dict], hyb_rows: list[dict], sim: StarMDSimul
     ref_wall = sum(r["md_wall_s"] for r in ref_rows)
     ref_cpu = sum(r["md_cpu_s"] for r in ref_rows)
     ref_ps = sum(r["steps"] for r in ref_rows) * 0.002
-    plain = {"during_reference": {"ns_per_day": ns_per_day(ref_ps, ref_wall), "ns_per_day_cpu": ns_per_day(ref_ps, ref_cpu)},
+    plain = {"during_reference": {"ns_per_day": ns_per_day(ref_ps, ref_wall),
+                                  "ns_per_day_cpu": ns_per_day(ref_ps, ref_cpu)},
              "after_hybrid": speed_after}
     hybrid_wall = sum(r["wall_s"] for r in hyb_rows)
     hybrid_cpu = sum(r["cpu_s"] for r in hyb_rows)
     simulated = len(hyb_rows) * args.jump_ps
-    hybrid_speed = {"ns_per_day": ns_per_day(simulated, hybrid_wall), "ns_per_day_cpu": ns_per_day(simulated, hybrid_cpu),
+    hybrid_speed = {"ns_per_day": ns_per_day(simulated, hybrid_wall),
+                    "ns_per_day_cpu": ns_per_day(simulated, hybrid_cpu),
                     "seconds_per_jump": hybrid_wall / max(len(hyb_rows), 1),
                     "openmm_share": sum(r["openmm_s"] for r in hyb_rows) / hybrid_wall}
     plain_wall = np.mean([plain["during_reference"]["ns_per_day"], speed_after["ns_per_day"]])
@@ -264,7 +266,8 @@ def summarise(args, ref_rows: list[dict], hyb_rows: list[dict], sim: StarMDSimul
                      "relax": RelaxSettings().describe(), "atoms": layout.num_atoms,
                      "waters": len(layout.molecules), "box": "amber14 + TIP3P, PME, padding 1.0 nm"},
         "plain_md": plain, "hybrid": hybrid_speed,
-        "speed_ratio": {"wall": hybrid_speed["ns_per_day"] / plain_wall, "cpu": hybrid_speed["ns_per_day_cpu"] / plain_cpu},
+        "speed_ratio": {"wall": hybrid_speed["ns_per_day"] / plain_wall,
+                        "cpu": hybrid_speed["ns_per_day_cpu"] / plain_cpu},
         "validity": {**sim.validity(), "rejections_by_reason": {k: v for k, v in sim.rejections.items() if v},
                      "halvings": sim.halvings},
         "solvent_merges": {"overlapping": sim.solvent_stats.overlapping, "moved": sim.solvent_stats.moved},
@@ -321,7 +324,8 @@ def markdown(r: dict) -> str:
         f"({100 * r['hybrid']['openmm_share']:.0f} % OpenMM); solvent molecules found inside the moved protein "
         f"{r['solvent_merges']['overlapping']}, moved into the vacated space {r['solvent_merges']['moved']}.",
         "",
-        f"Fidelity as measured (the model was trained on implicit-solvent MD; the reference is {s['reference_ps']:g} ps, "
+        "Fidelity as measured (the model was trained on implicit-solvent MD; the reference is "
+        f"{s['reference_ps']:g} ps, "
         f"{f['reference_frames']} frames, far shorter than the hybrid's {s['jumps'] * s['jump_ps'] / 1000:g} ns):",
         "",
         "| | CA RMSF Pearson r | φ/ψ JSD | PC JSD |",
