@@ -7,6 +7,7 @@ so reference MD and hybrid runs write it into their JSON.
 
 from __future__ import annotations
 
+import random
 from dataclasses import asdict, dataclass
 
 import openmm
@@ -167,13 +168,22 @@ def solvate(
     forcefield: app.ForceField | None = None,
 ) -> tuple[app.Topology, u.Quantity]:
     """The protein in a box of the preset's water (TIP3P), ``padding_nm`` from the box faces, neutralised
-    with Na+/Cl- (OpenMM's Modeller.addSolvent); returns the solvated topology (with its box) and positions."""
+    with Na+/Cl- (OpenMM's Modeller.addSolvent); returns the solvated topology (with its box) and positions.
+
+    The same input always gives the same box: Modeller picks the waters it turns into ions with Python's
+    global ``random``, which is seeded here (0) and then restored.
+    """
     preset = get_preset(preset) if isinstance(preset, str) else preset
     if preset.solvent != "explicit":
         raise StarMDError(f"force field {preset.name!r} is implicit solvent: solvate with an explicit preset")
     modeller = app.Modeller(topology, positions)
-    modeller.addSolvent(forcefield or app.ForceField(*preset.files), model="tip3p",
-                        padding=preset.padding_nm * u.nanometer)
+    saved = random.getstate()
+    random.seed(0)
+    try:
+        modeller.addSolvent(forcefield or app.ForceField(*preset.files), model="tip3p",
+                            padding=preset.padding_nm * u.nanometer)
+    finally:
+        random.setstate(saved)
     return modeller.topology, modeller.positions
 
 

@@ -211,7 +211,9 @@ def run_simulation(
     if not (isinstance(replicas, int) and replicas >= 1):
         raise StarMDError(f"--replicas must be a whole number of at least 1, got {replicas}")
     torch_device = resolve_device(device)
-    get_preset(forcefield)
+    if protein_only and get_preset(forcefield).solvent != "explicit":
+        raise StarMDError(f"--protein-only needs a solvated run: force field {forcefield!r} has no water to leave "
+                          "out (use --forcefield explicit, or drop --protein-only)")
     fastest_platform(platform)
     model = DEFAULT_MODEL if model is None else model
     if not resume:
