@@ -186,3 +186,16 @@ def test_solvated_input_errors_are_one_line(tmp_path, capsys, box):
     assert main(["simulate", str(no_box), "-o", str(tmp_path / "x"), "--time", "1ns", "--model", "nothing"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("starmd: error:")
+    with pytest.raises(StarMDError, match="--protein-only"):
+        run_simulation(DATA / "amrv.pdb", tmp_path / "y", time_ps=1000.0, model="perturb", forcefield="implicit-fast",
+                       protein_only=True, progress=False)
+    assert not (tmp_path / "y").exists()
+
+
+def test_ensemble_batches_the_protein_of_solvated_replicas(tmp_path, one_cpu_thread):
+    out = run_simulation(DATA / "amrv.pdb", tmp_path / "ens", time_ps=1000.0, jump_ps=1000.0, model="default",
+                         relax=FAST, seed=1, platform="CPU", forcefield="explicit", progress=False, device="cpu",
+                         replicas=2)
+    record = json.loads((out / "run.json").read_text())
+    assert record["status"] == "complete" and record["validity"]["frames"] == 2
+    assert record["validity"]["raw_proposals"] >= 2
