@@ -199,3 +199,13 @@ def test_ensemble_batches_the_protein_of_solvated_replicas(tmp_path, one_cpu_thr
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "complete" and record["validity"]["frames"] == 2
     assert record["validity"]["raw_proposals"] >= 2
+
+
+def test_solvated_relaxation_takes_the_solvent_friction():
+    settings = RelaxSettings()
+    assert settings.for_system(False) is settings
+    assert settings.for_system(True).friction_per_ps == settings.solvent_friction_per_ps == 10.0
+    assert RelaxSettings(friction_per_ps=2.0).for_system(True).friction_per_ps == 2.0
+    assert RelaxSettings(solvent_friction_per_ps=None).for_system(True).friction_per_ps is None
+    with pytest.raises(StarMDError, match="solvent_friction_per_ps"):
+        RelaxSettings(solvent_friction_per_ps=0.0)

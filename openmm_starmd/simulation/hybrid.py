@@ -332,7 +332,9 @@ class StarMDSimulation(app.Simulation):
         try:
             if box is not None:
                 self.context.setPeriodicBoxVectors(*box)
-            relax(self.context, self.restraints, self.relax_settings, target, seed)
+            # Solvated: the MD segment's friction becomes RelaxSettings.solvent_friction_per_ps (Langevin only).
+            solvated = self.solvent.solvated and hasattr(self.md_integrator, "setFriction")
+            relax(self.context, self.restraints, self.relax_settings.for_system(solvated), target, seed)
             state = self.context.getState(positions=True, energy=True, groups=self._physical_groups)
         except openmm.OpenMMException:
             return target, float("nan"), OPENMM_ERROR

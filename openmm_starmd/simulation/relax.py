@@ -10,7 +10,7 @@ the System once: each jump moves its per-particle targets (``setParticleParamete
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import openmm
@@ -67,6 +67,10 @@ class RelaxSettings:
     solvent_relocate
         Move such molecules, whole, into the space the protein left before relaxing (else the clash relief
         alone pushes them out).
+    solvent_friction_per_ps
+        Solvated systems: the friction of the MD segment when ``friction_per_ps`` is None, 1/ps (None: the
+        integrator's). The minimisation takes the water's thermal potential energy away; the bath must
+        give it back within the segment (:meth:`for_system`).
     """
 
     time_ps: float = 2.0
@@ -83,6 +87,7 @@ class RelaxSettings:
     friction_per_ps: float | None = None
     solvent_overlap_nm: float = 0.22
     solvent_relocate: bool = True
+    solvent_friction_per_ps: float | None = 10.0
 
     def __post_init__(self) -> None:
         if not self.time_ps >= 0.0:
@@ -101,12 +106,21 @@ class RelaxSettings:
             raise StarMDError(f"velocities must be one of {', '.join(VELOCITY_CHOICES)}, got {self.velocities!r}")
         if self.friction_per_ps is not None and not self.friction_per_ps > 0.0:
             raise StarMDError(f"friction_per_ps must be > 0 (or None), got {self.friction_per_ps}")
+        if self.solvent_friction_per_ps is not None and not self.solvent_friction_per_ps > 0.0:
+            raise StarMDError(f"solvent_friction_per_ps must be > 0 (or None), got {self.solvent_friction_per_ps}")
         if not self.solvent_overlap_nm >= 0.0:
             raise StarMDError(f"solvent_overlap_nm must be >= 0 nm, got {self.solvent_overlap_nm}")
 
     def describe(self) -> dict:
         """The settings as a JSON-ready dict."""
         return asdict(self)
+
+    def for_system(self, solvated: bool) -> RelaxSettings:
+        """The settings a relaxation of this system runs with: for a solvated one the MD segment's friction
+        is ``solvent_friction_per_ps`` unless ``friction_per_ps`` is set."""
+        if solvated and self.friction_per_ps is None and self.solvent_friction_per_ps is not None:
+            return replace(self, friction_per_ps=self.solvent_friction_per_ps)
+        return self
 
     def stage_strengths(self) -> list[float]:
         """Restraint constant of each stage, kJ/mol/nm²."""
