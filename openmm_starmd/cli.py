@@ -204,7 +204,11 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--platform", help="OpenMM platform (default: fastest available)")
     p.add_argument("--forcefield", default="implicit-fast", choices=sorted(PRESETS),
-                   help="force-field preset (default implicit-fast: the force field of the training MD)")
+                   help="force-field preset (default implicit-fast: the force field of the training MD; explicit: "
+                        "the protein in a TIP3P water box with PME, the model moving the protein only)")
+    p.add_argument("--protein-only", action="store_true",
+                   help="explicit solvent: write the protein's atoms alone to traj.xtc (topology protein.pdb) "
+                        "instead of the whole box")
     p.add_argument("--temperature", type=float, default=300.0, help="temperature in K (default 300)")
     p.add_argument("--device", default="auto",
                    help="where the model runs: auto (a GPU when there is one), cpu, cuda or cuda:K (default auto)")
@@ -229,7 +233,7 @@ def _run_simulate(args: argparse.Namespace) -> None:
         jump_ps=parse_time(args.jump, "--jump"), model=args.model, relax=RelaxSettings(time_ps=relax_ps),
         seed=args.seed, platform=args.platform, forcefield=args.forcefield, temperature_k=args.temperature,
         overwrite=args.overwrite, resume=args.resume, progress=not args.no_progress, device=args.device,
-        replicas=args.replicas,
+        replicas=args.replicas, protein_only=args.protein_only,
     )
     print(f"wrote {folder}")
 

@@ -7,6 +7,7 @@ so reference MD and hybrid runs write it into their JSON.
 
 from __future__ import annotations
 
+import random
 from dataclasses import asdict, dataclass
 
 import openmm
@@ -125,15 +126,23 @@ def build_system(
     Returns
     -------
     system, topology, positions
-        Explicit presets add water and ions, so the returned topology and positions may differ from
-        the input; implicit presets return them unchanged.
+        Explicit presets add water and ions (:func:`solvate`) unless the topology already holds water
+        in a periodic box, so the returned topology and positions may differ from the input; implicit
+        presets return them unchanged.
     """
+    from openmm_starmd.data.featurize import WATER_NAMES
+
     preset = get_preset(preset) if isinstance(preset, str) else preset
     forcefield = app.ForceField(*preset.files)
-    if preset.solvent == "explicit":
-        modeller = app.Modeller(topology, positions)
-        modeller.addSolvent(forcefield, model="tip3p", padding=preset.padding_nm * u.nanometer)
-        topology, positions = modeller.topology, modeller.positions
+    has_water = any(res.name in WATER_NAMES for res in topology.residues())
+    if preset.solvent == "explicit" and not has_water:
+        topology, positions = solvate(topology, positions, preset, forcefield)
+    elif has_water and preset.solvent != "explicit":
+        raise StarMDError(f"the structure holds water but force field {preset.name!r} is implicit solvent: use "
+                          "--forcefield explicit, or remove the water (starmd prepare does)")
+    elif has_water and topology.getPeriodicBoxVectors() is None:
+        raise StarMDError("the solvated structure has no periodic box (no CRYST1 record): give one, or give the "
+                          "protein alone and let --forcefield explicit add the water box")
     kwargs = {
         "nonbondedMethod": getattr(app, preset.nonbonded_method),
         "constraints": getattr(app, preset.constraints) if preset.constraints else None,
@@ -150,6 +159,32 @@ def build_system(
         raise StarMDError(f"force field {preset.name!r} cannot build this structure: {first} "
                           "(run `starmd prepare` on it first)") from None
     return system, topology, positions
+
+
+def solvate(
+    topology: app.Topology,
+    positions: u.Quantity,
+    preset: str | ForceFieldPreset = "explicit",
+    forcefield: app.ForceField | None = None,
+) -> tuple[app.Topology, u.Quantity]:
+    """The protein in a box of the preset's water (TIP3P), ``padding_nm`` from the box faces, neutralised
+    with Na+/Cl- (OpenMM's Modeller.addSolvent); returns the solvated topology (with its box) and positions.
+
+    The same input always gives the same box: Modeller picks the waters it turns into ions with Python's
+    global ``random``, which is seeded here (0) and then restored.
+    """
+    preset = get_preset(preset) if isinstance(preset, str) else preset
+    if preset.solvent != "explicit":
+        raise StarMDError(f"force field {preset.name!r} is implicit solvent: solvate with an explicit preset")
+    modeller = app.Modeller(topology, positions)
+    saved = random.getstate()
+    random.seed(0)
+    try:
+        modeller.addSolvent(forcefield or app.ForceField(*preset.files), model="tip3p",
+                            padding=preset.padding_nm * u.nanometer)
+    finally:
+        random.setstate(saved)
+    return modeller.topology, modeller.positions
 
 
 def stable_timestep_ps(system: openmm.System) -> float:

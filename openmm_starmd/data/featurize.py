@@ -1,7 +1,9 @@
 """Per-residue features of a topology (sequence, numbering, chains), aligned with the residue frames.
 
 One entry per residue of the topology, in topology order, exactly as in
-:mod:`openmm_starmd.frames.protein` (residues without N, CA, C are present but masked).
+:mod:`openmm_starmd.frames.protein` (residues without N, CA, C are present but masked), except
+solvent: water and monatomic ions (:func:`is_solvent_residue`) are left out, so the model of a
+solvated system sees its protein only.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ from openmm_starmd.frames.protein import (
 
 __all__ = [
     "CHAIN_INDEX_GAP",
+    "ION_NAMES",
     "NUM_RESIDUE_TYPES",
     "UNKNOWN_RESIDUE",
+    "WATER_NAMES",
     "ProteinFeatures",
     "chain_break",
     "chain_index",
     "featurize_topology",
+    "is_solvent_residue",
     "residue_index",
     "residue_mask",
     "residue_type",
@@ -40,6 +45,16 @@ UNKNOWN_RESIDUE = len(RESIDUE_NAMES)  # 20: caps, ligands, water, non-standard r
 CHAIN_INDEX_GAP = 200
 NUM_RESIDUE_TYPES = UNKNOWN_RESIDUE + 1
 _TYPE_OF = {name: i for i, name in enumerate(RESIDUE_NAMES)}
+WATER_NAMES = frozenset({"HOH", "WAT", "H2O", "TIP3", "TIP4", "TIP5", "SOL", "SPC"})
+# Residue names of monatomic ions as OpenMM's Modeller, PDB entries and CHARMM files write them.
+ION_NAMES = frozenset({"NA", "CL", "K", "LI", "RB", "CS", "MG", "CA", "ZN", "F", "BR", "I", "SOD", "CLA", "POT",
+                       "CAL", "NA+", "CL-", "K+"})
+
+
+def is_solvent_residue(name: str, n_atoms: int) -> bool:
+    """Whether a residue is solvent: a water, or a one-atom residue named like an ion."""
+    name = name.strip().upper()
+    return name in WATER_NAMES or (n_atoms == 1 and name in ION_NAMES)
 
 
 def residue_type_index(name: str) -> int:
@@ -95,8 +110,10 @@ class ProteinFeatures:
 
 
 def featurize_topology(topology) -> ProteinFeatures:
-    """Features of every residue of an OpenMM ``Topology`` or an ``mdtraj.Topology``."""
+    """Features of every non-solvent residue of an OpenMM ``Topology`` or an ``mdtraj.Topology``."""
     records = residue_records(topology)
+    keep = [i for i, rec in enumerate(records) if not is_solvent_residue(rec.name, len(rec.atoms))]
+    records = [records[i] for i in keep]
     breaks = chain_breaks(records)
     index: list[int] = []
     for i, rec in enumerate(records):
@@ -109,6 +126,7 @@ def featurize_topology(topology) -> ProteinFeatures:
         else:
             index.append(index[-1] + 1)
     _, residue_mask = backbone_atom_indices(topology)
+    residue_mask = residue_mask[torch.as_tensor(keep, dtype=torch.long, device="cpu")]
     # Host tables: a Rollout or a data loader moves them to the model's device.
     return ProteinFeatures(
         residue_type=torch.tensor([residue_type_index(r.name) for r in records], dtype=torch.long, device="cpu"),

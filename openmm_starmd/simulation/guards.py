@@ -4,8 +4,11 @@ Two checkpoints per jump. Before OpenMM sees anything, :meth:`Guard.check_propos
 model output (finite, proper rotations) and the mapped all-atom target (finite, chain not torn far
 beyond what a restrained minimisation can heal). After relaxation, :meth:`Guard.check_relaxed`
 applies the validation thresholds of :mod:`openmm_starmd.analysis.validity` (CA–CA breaks, CA and
-heavy-atom clashes) plus a finite energy and no CA chirality flip. Each check returns ``None`` when
-the structure passes, else the name of the failed check (the rejection counters' keys).
+heavy-atom clashes) plus a finite energy and no CA chirality flip, all on the protein alone (its chain is
+whole, so its own distances take no periodic image); in a solvated system :meth:`Guard.check_solvent`
+then asks that no water or ion heavy atom sits closer than the heavy-atom clash distance to a protein
+heavy atom, by minimum-image distance. Each check returns ``None`` when the structure passes, else the
+name of the failed check (the rejection counters' keys).
 """
 
 from __future__ import annotations
@@ -31,8 +34,9 @@ CA_BREAK = "ca_break"
 CA_CLASH = "ca_clash"
 HEAVY_CLASH = "heavy_clash"
 CHIRALITY_FLIP = "chirality_flip"
+SOLVENT_CLASH = "solvent_clash"
 REASONS = (NONFINITE_PROPOSAL, BAD_ROTATION, TORN_TARGET, OPENMM_ERROR, NONFINITE_ENERGY, CA_BREAK,
-           CA_CLASH, HEAVY_CLASH, CHIRALITY_FLIP)
+           CA_CLASH, HEAVY_CLASH, CHIRALITY_FLIP, SOLVENT_CLASH)
 
 
 @dataclass(frozen=True)
@@ -181,6 +185,14 @@ class Guard:
             d = np.linalg.norm(positions[self.bonded_ca[:, 0]] - positions[self.bonded_ca[:, 1]], axis=-1)
             if d.max() > self.settings.target_break_nm:
                 return TORN_TARGET
+        return None
+
+    @staticmethod
+    def check_solvent(closest_nm: np.ndarray) -> str | None:
+        """Check the minimum-image distances ``[n_molecules]`` (nm) from each solvent molecule's heavy atom to
+        the nearest protein heavy atom of a relaxed structure."""
+        if len(closest_nm) and float(np.min(closest_nm)) < validity.HEAVY_CLASH_NM:
+            return SOLVENT_CLASH
         return None
 
     def check_relaxed(self, positions: np.ndarray, energy_kj_per_mol: float) -> str | None:

@@ -42,6 +42,7 @@ from openmm_starmd.simulation.proposer import Proposer, resolve_proposer
 from openmm_starmd.simulation.reconstruct import AtomMap, require_implicit_solvent
 from openmm_starmd.simulation.relax import BackboneRestraints, RelaxSettings, relax
 from openmm_starmd.simulation.sidechains import side_chains_for
+from openmm_starmd.simulation.solvent import MergeReport, SolventLayout, box_of
 from openmm_starmd.simulation.stats import CycleStats
 from openmm_starmd.units import to_kelvin, to_ps
 
@@ -80,9 +81,11 @@ class StarMDSimulation(app.Simulation):
     Parameters
     ----------
     topology
-        Implicit-solvent all-atom protein topology.
+        All-atom protein topology, in implicit solvent or solvated (water, ions) in a periodic box: the
+        model sees the protein only (:class:`~openmm_starmd.simulation.solvent.SolventLayout`).
     system
-        Its System; a copy gets the restraint force, the caller's object is not changed.
+        Its System; a copy gets the restraint force, the caller's object is not changed. A barostat in it
+        acts during the relaxation MD.
     proposer
         A :class:`~openmm_starmd.simulation.proposer.Proposer`, a loaded STAR-MD network, ``"default"``
         (the shipped model), a registered proposer name (``perturb``, entry points) or a STAR-MD
@@ -129,7 +132,7 @@ class StarMDSimulation(app.Simulation):
         prior_positions: Any = None,
         device: str | torch.device | None = None,
     ) -> None:
-        require_implicit_solvent(topology, system)
+        self.solvent = SolventLayout(topology, system)
         self.jump_ps = to_ps(jump)
         if not self.jump_ps > 0.0:
             raise StarMDError(f"jump must be positive, got {self.jump_ps} ps")
@@ -139,13 +142,14 @@ class StarMDSimulation(app.Simulation):
             relax = RelaxSettings(time_ps=to_ps(relax))
         self.relax_settings = relax
         self.guard_settings = guards if guards is not None else GuardSettings()
-        self.atom_map = AtomMap(topology)
-        self.guard = Guard(topology, self.atom_map.backbone, self.guard_settings)
-        self.proposer = resolve_proposer(proposer, topology, device=device)
+        protein = self.solvent.protein_topology
+        self.atom_map = AtomMap(protein)
+        self.guard = Guard(protein, self.atom_map.backbone, self.guard_settings)
+        self.proposer = resolve_proposer(proposer, protein, device=device)
         self.proposer.set_temperature(to_kelvin(temperature))
-        self.side_chains = side_chains_for(topology, self.proposer)  # None: side chains move rigidly
+        self.side_chains = side_chains_for(protein, self.proposer)  # None: side chains move rigidly
         system = copy.deepcopy(system)
-        self.restraints = BackboneRestraints(self.atom_map.restrained_atoms)
+        self.restraints = BackboneRestraints(self.solvent.protein_atoms[self.atom_map.restrained_atoms])
         restraint_group = self.restraints.add_to(system)
         self._physical_groups = {g for g in range(32) if g != restraint_group}
         if relax.starmd_force_weight:
@@ -164,6 +168,7 @@ class StarMDSimulation(app.Simulation):
         # On the proposer's device: samplers draw there with it (a CUDA model needs a CUDA generator).
         self.generator = torch.Generator(device=self.proposer.device).manual_seed(self.seed)
         self.totals = CycleStats()
+        self.solvent_stats = MergeReport()  # solvent molecules found inside the moved protein, and moved
         self.last_cycle: CycleStats | None = None
         self.started = False
         self._cycle_start_ps = 0.0
@@ -204,6 +209,7 @@ class StarMDSimulation(app.Simulation):
         """
         from openmm_starmd.forces import add_starmd_force
 
+        require_implicit_solvent(topology, system)
         model = getattr(self.proposer, "model", None)
         if model is None:
             raise StarMDError("relax.starmd_force_weight needs a STAR-MD proposer: set it to 0 for other proposers")
@@ -219,8 +225,9 @@ class StarMDSimulation(app.Simulation):
         self.started = False
 
     def _start(self, positions: np.ndarray) -> None:
-        self.guard.set_reference(positions)
-        rot, trans = self.atom_map.frames(positions)
+        protein = self.solvent.protein(positions)
+        self.guard.set_reference(protein)
+        rot, trans = self.atom_map.frames(protein)
         self.proposer.reset()
         self.proposer.push(rot.float(), trans.float())
         self.started = True
@@ -276,7 +283,10 @@ class StarMDSimulation(app.Simulation):
 
     def _advance(self, positions: np.ndarray, dt_ps: float, depth: int, stats: CycleStats) -> CycleSteps:
         """Move ``positions`` ``[n_atoms, 3]`` nm on by ``dt_ps``; returns the accepted relaxed positions."""
-        old = self.atom_map.frames(positions)
+        protein = self.solvent.protein(positions)
+        old = self.atom_map.frames(protein)
+        # The box of the accepted structure (a barostat changes it): every retry relaxes in it.
+        box = box_of(self.context.getState()) if self.solvent.periodic else None
         N = self.atom_map.num_residues
         for _ in range(1 + self.guard_settings.max_resamples):
             rot, trans, model_s = yield dt_ps
@@ -288,19 +298,26 @@ class StarMDSimulation(app.Simulation):
             reason = self.guard.check_proposal(rot, trans)
             if reason is None:
                 # Atoms live on the CPU (numpy, OpenMM); only the model's frames come from its device.
-                target = self.atom_map.move_atoms(positions, old, (rot.cpu(), trans.cpu()))
+                target = self.atom_map.move_atoms(protein, old, (rot.cpu(), trans.cpu()))
                 if self.side_chains is not None:  # χ drawn with the proposal
                     target = self.side_chains.place(target, self.proposer.proposal_chi())
                 stats.raw_valid += self.guard.raw_valid(target)
                 reason = self.guard.check_target(target)
             if reason is None:
                 start = time.perf_counter()
-                relaxed, energy, reason = self._relax(target)
+                settings = self.relax_settings
+                target, merged = self.solvent.merge(positions, target, box, settings.solvent_overlap_nm,
+                                                    settings.solvent_relocate)
+                self.solvent_stats.add(merged)
+                relaxed, energy, reason = self._relax(target, box)
                 stats.openmm_s += time.perf_counter() - start
             if reason is None:
-                reason = self.guard.check_relaxed(relaxed, energy)
+                reason = self.guard.check_relaxed(self.solvent.protein(relaxed), energy)
+            if reason is None and self.solvent.solvated:
+                box_now = box_of(self.context.getState())
+                reason = self.guard.check_solvent(self.solvent.solvent_distances(relaxed, box_now))
             if reason is None:
-                rot_new, trans_new = self.atom_map.frames(relaxed)
+                rot_new, trans_new = self.atom_map.frames(self.solvent.protein(relaxed))
                 start = time.perf_counter()
                 self.proposer.push(rot_new.float(), trans_new.float())
                 stats.model_s += time.perf_counter() - start
@@ -314,10 +331,14 @@ class StarMDSimulation(app.Simulation):
         half = yield from self._advance(positions, dt_ps / 2, depth + 1, stats)
         return (yield from self._advance(half, dt_ps / 2, depth + 1, stats))
 
-    def _relax(self, target: np.ndarray) -> tuple[np.ndarray, float, str | None]:
+    def _relax(self, target: np.ndarray, box: np.ndarray | None = None) -> tuple[np.ndarray, float, str | None]:
         seed = int(torch.randint(1, 2**31 - 1, (1,), generator=self.generator, device=self.generator.device))
         try:
-            relax(self.context, self.restraints, self.relax_settings, target, seed)
+            if box is not None:
+                self.context.setPeriodicBoxVectors(*box)
+            # Solvated: the MD segment's friction becomes RelaxSettings.solvent_friction_per_ps (Langevin only).
+            solvated = self.solvent.solvated and hasattr(self.md_integrator, "setFriction")
+            relax(self.context, self.restraints, self.relax_settings.for_system(solvated), target, seed)
             state = self.context.getState(positions=True, energy=True, groups=self._physical_groups)
         except openmm.OpenMMException:
             return target, float("nan"), OPENMM_ERROR

@@ -6,7 +6,9 @@ is ``x_new = R_new R_oldᵀ (x - t_old) + t_new``. Only the carbonyl O is then r
 the peptide plane shared with the next residue, whose frame moved differently, so it is put where
 :func:`~openmm_starmd.frames.protein.backbone_from_frames` puts it (outer bisector of CA–C–N).
 Relaxation therefore starts close to a valid structure.
-Residues without a backbone frame (caps, ions, ligands) follow the nearest framed residue.
+Residues without a backbone frame (caps, ligands of an implicit-solvent system) follow the nearest framed
+residue. Solvent (water, ions) is not part of the atom map at all: the simulation maps a protein-only view
+and :class:`~openmm_starmd.simulation.solvent.SolventLayout` leaves the solvent where it is.
 """
 
 from __future__ import annotations
@@ -24,7 +26,8 @@ WATER_NAMES = frozenset({"HOH", "WAT", "H2O", "TIP3", "TIP4", "TIP5", "SOL", "SP
 
 
 def require_implicit_solvent(topology: app.Topology, system: openmm.System) -> None:
-    """Refuse explicit-water or periodic systems, which the all-atom mapping does not handle yet.
+    """Refuse explicit-water or periodic systems where only implicit solvent is supported (the learned-prior
+    force, which featurizes the whole topology).
 
     Raises
     ------
@@ -33,8 +36,8 @@ def require_implicit_solvent(topology: app.Topology, system: openmm.System) -> N
     """
     has_water = any(res.name in WATER_NAMES for res in topology.residues())
     if has_water or system.usesPeriodicBoundaryConditions():
-        raise StarMDError("explicit-water / periodic systems are not supported by the hybrid simulation yet: "
-                          "use an implicit-solvent preset (--forcefield implicit or implicit-fast)")
+        raise StarMDError("explicit-water / periodic systems are not supported by the learned-prior force "
+                          "(RelaxSettings.starmd_force_weight): set it to 0, or use an implicit-solvent preset")
 
 
 class AtomMap:

@@ -10,7 +10,7 @@ the System once: each jump moves its per-particle targets (``setParticleParamete
 from __future__ import annotations
 
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 
 import numpy as np
 import openmm
@@ -60,6 +60,17 @@ class RelaxSettings:
     friction_per_ps
         Friction of a Langevin integrator during the MD segment, 1/ps (restored afterwards); ``None``
         keeps the integrator's.
+    solvent_overlap_nm
+        Solvated systems: a water (or ion) whose heavy atom is closer than this (minimum image) to a
+        protein heavy atom of the mapped target is inside the moved protein
+        (:meth:`~openmm_starmd.simulation.solvent.SolventLayout.merge`).
+    solvent_relocate
+        Move such molecules, whole, into the space the protein left before relaxing (else the clash relief
+        alone pushes them out).
+    solvent_friction_per_ps
+        Solvated systems: the friction of the MD segment when ``friction_per_ps`` is None, 1/ps (None: the
+        integrator's). The minimisation takes the water's thermal potential energy away; the bath must
+        give it back within the segment (:meth:`for_system`).
     """
 
     time_ps: float = 2.0
@@ -74,6 +85,9 @@ class RelaxSettings:
     clash_step_nm: float = 0.01
     velocities: str = "fresh"
     friction_per_ps: float | None = None
+    solvent_overlap_nm: float = 0.22
+    solvent_relocate: bool = True
+    solvent_friction_per_ps: float | None = 10.0
 
     def __post_init__(self) -> None:
         if not self.time_ps >= 0.0:
@@ -92,10 +106,21 @@ class RelaxSettings:
             raise StarMDError(f"velocities must be one of {', '.join(VELOCITY_CHOICES)}, got {self.velocities!r}")
         if self.friction_per_ps is not None and not self.friction_per_ps > 0.0:
             raise StarMDError(f"friction_per_ps must be > 0 (or None), got {self.friction_per_ps}")
+        if self.solvent_friction_per_ps is not None and not self.solvent_friction_per_ps > 0.0:
+            raise StarMDError(f"solvent_friction_per_ps must be > 0 (or None), got {self.solvent_friction_per_ps}")
+        if not self.solvent_overlap_nm >= 0.0:
+            raise StarMDError(f"solvent_overlap_nm must be >= 0 nm, got {self.solvent_overlap_nm}")
 
     def describe(self) -> dict:
         """The settings as a JSON-ready dict."""
         return asdict(self)
+
+    def for_system(self, solvated: bool) -> RelaxSettings:
+        """The settings a relaxation of this system runs with: for a solvated one the MD segment's friction
+        is ``solvent_friction_per_ps`` unless ``friction_per_ps`` is set."""
+        if solvated and self.friction_per_ps is None and self.solvent_friction_per_ps is not None:
+            return replace(self, friction_per_ps=self.solvent_friction_per_ps)
+        return self
 
     def stage_strengths(self) -> list[float]:
         """Restraint constant of each stage, kJ/mol/nm²."""
@@ -125,7 +150,13 @@ class BackboneRestraints:
         self.force_group = -1
 
     def add_to(self, system: openmm.System) -> int:
-        """Add the force to ``system`` in a force group of its own; returns that group."""
+        """Add the force to ``system`` in a force group of its own; returns that group.
+
+        In a periodic System the distance to the target is the minimum image (``periodicdistance``):
+        platforms may hand a CustomExternalForce wrapped positions, and a barostat moves molecules.
+        """
+        if system.usesPeriodicBoundaryConditions():
+            self.force.setEnergyFunction(f"0.5*{RESTRAINT_K}*periodicdistance(x, y, z, x0, y0, z0)^2")
         used = {system.getForce(i).getForceGroup() for i in range(system.getNumForces())}
         free = [g for g in range(31, -1, -1) if g not in used]
         if not free:

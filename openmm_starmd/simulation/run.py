@@ -5,6 +5,11 @@ k × jump), ``log.csv`` (one row per jump, see :mod:`.reporters`), ``checkpoint.
 the last complete jump) and ``run.json`` (settings, versions, status, speed). Per jump the frame and
 log row are written before the checkpoint; on ``resume`` the trajectory and log are cut back to the
 checkpoint's jump count, so after any interruption every frame is there exactly once.
+
+A solvated run (``--forcefield explicit``) writes the whole box to ``topology.pdb`` (water, ions,
+CRYST1), from which a resumed run rebuilds exactly the same System, and the protein alone to
+``protein.pdb``; ``traj.xtc`` holds every atom, molecules wrapped whole into the box, or with
+``protein_only`` the protein's atoms alone, unwrapped (the topology of that trajectory is ``protein.pdb``).
 """
 
 from __future__ import annotations
@@ -36,7 +41,7 @@ from openmm_starmd.simulation.relax import RelaxSettings
 from openmm_starmd.simulation.reporters import JumpLogReporter
 from openmm_starmd.units import format_time, ns_per_day
 
-FILES = ("topology.pdb", "traj.xtc", "log.csv", "checkpoint.chk", "run.json")
+FILES = ("topology.pdb", "protein.pdb", "traj.xtc", "log.csv", "checkpoint.chk", "run.json")
 
 
 def member_files(out: Path, replicas: int, k: int) -> tuple[Path, Path]:
@@ -111,9 +116,19 @@ def _prepared_pdb(input_path: str | os.PathLike) -> str:
 
 
 def _read_pdb(text: str) -> tuple[app.Topology, Any]:
+    """Topology and positions of PDB text; the box is kept only for a solvated structure."""
+    from openmm_starmd.data.featurize import WATER_NAMES
+
     pdb = app.PDBFile(io.StringIO(text))
-    pdb.topology.setPeriodicBoxVectors(None)
+    if not any(res.name in WATER_NAMES for res in pdb.topology.residues()):
+        pdb.topology.setPeriodicBoxVectors(None)
     return pdb.topology, pdb.positions
+
+
+def _pdb_text(topology: app.Topology, positions: Any) -> str:
+    text = io.StringIO()
+    app.PDBFile.writeFile(topology, positions, text, keepIds=True)
+    return text.getvalue()
 
 
 def run_simulation(
@@ -132,6 +147,7 @@ def run_simulation(
     progress: bool = True,
     device: str | None = "auto",
     replicas: int = 1,
+    protein_only: bool = False,
 ) -> Path:
     """Run (or resume) a hybrid simulation into the run folder ``output``.
 
@@ -166,13 +182,16 @@ def run_simulation(
         Independent trajectories (seeds ``seed`` … ``seed + replicas - 1``), the model batched over them
         (:class:`~openmm_starmd.simulation.ensemble.StarMDEnsemble`); more than one writes
         ``traj_R{k}.xtc`` and ``log_R{k}.csv`` per replica, one ``checkpoint.chk`` and one ``run.json``.
+    protein_only
+        Solvated runs: write the protein's atoms alone to the trajectory (topology ``protein.pdb``)
+        instead of the whole box.
 
     Returns
     -------
     Path
         The run folder.
     """
-    from openmm_starmd.forcefields import build_system, fastest_platform, get_preset
+    from openmm_starmd.forcefields import build_system, fastest_platform, get_preset, solvate
 
     out = Path(output)
     if resume:
@@ -183,6 +202,7 @@ def run_simulation(
         platform, forcefield = settings["platform"], settings["forcefield"]["name"]
         temperature_k, relax = settings["temperature_k"], RelaxSettings(**settings["relax"])
         input_path, replicas = settings["input"], int(settings.get("replicas", 1))
+        protein_only = bool(settings.get("protein_only", False))
         pdb_text = (out / "topology.pdb").read_text(encoding="utf-8")
     else:
         check_output_dir(out, overwrite)
@@ -191,11 +211,15 @@ def run_simulation(
     if not (isinstance(replicas, int) and replicas >= 1):
         raise StarMDError(f"--replicas must be a whole number of at least 1, got {replicas}")
     torch_device = resolve_device(device)
-    get_preset(forcefield)
+    if protein_only and get_preset(forcefield).solvent != "explicit":
+        raise StarMDError(f"--protein-only needs a solvated run: force field {forcefield!r} has no water to leave "
+                          "out (use --forcefield explicit, or drop --protein-only)")
     fastest_platform(platform)
     model = DEFAULT_MODEL if model is None else model
     if not resume:
         pdb_text = _prepared_pdb(input_path)
+        if get_preset(forcefield).solvent == "explicit":  # the water box is part of the written start
+            pdb_text = _pdb_text(*solvate(*_read_pdb(pdb_text), forcefield))
     # A fresh run starts from the PDB text it writes, so a resumed run builds exactly the same System.
     topology, positions = _read_pdb(pdb_text)
     system, topology, positions = build_system(topology, positions, forcefield)
@@ -216,6 +240,11 @@ def run_simulation(
             old.unlink()
         with atomic_write(out / "topology.pdb") as handle:
             handle.write(pdb_text)
+        layout = members[0].solvent
+        if layout.solvated:
+            with atomic_write(out / "protein.pdb") as handle:
+                handle.write(_pdb_text(layout.protein_topology, layout.protein(np.asarray(
+                    positions.value_in_unit(u.nanometer))) * u.nanometer))
     start_nm = np.asarray(positions.value_in_unit(u.nanometer))
     checkpoint = out / "checkpoint.chk"
     if resume and checkpoint.exists():
@@ -232,7 +261,7 @@ def run_simulation(
                 "time_ps": total * jump_ps, "jump_ps": jump_ps, "model": model, "seed": seed, "replicas": replicas,
                 "platform": members[0].context.getPlatform().getName(),
                 "forcefield": get_preset(forcefield).describe(),
-                "temperature_k": temperature_k, "relax": relax.describe(),
+                "temperature_k": temperature_k, "relax": relax.describe(), "protein_only": protein_only,
                 "guards": members[0].guard_settings.describe(), "proposer": type(members[0].proposer).__name__,
                 "side_chains": "rigid" if members[0].side_chains is None else "chi head"}
     record: dict[str, Any] = {"settings": settings, "device": str(members[0].device), "versions": software_versions(),
@@ -245,7 +274,7 @@ def run_simulation(
     for k, sim in enumerate(members):
         xtc, log_path = member_files(out, replicas, k)
         logs.append(JumpLogReporter(log_path, 1, start_nm, topology, append=done[k] > 0))
-        sim.reporters += [app.XTCReporter(str(xtc), 1, append=xtc.exists()), logs[-1]]
+        sim.reporters += [_trajectory_reporter(xtc, sim, protein_only), logs[-1]]
         if bar is not None:
             sim.reporters.append(bar)
     if ensemble is None:
@@ -278,7 +307,11 @@ def run_simulation(
                       rejections=_sum_counts([sim.rejections for sim in members]),
                       halvings=sum(sim.halvings for sim in members),
                       validity=_validity(summary.validity(), [member_files(out, replicas, k)[0]
-                                                              for k in range(replicas)], topology))
+                                                              for k in range(replicas)], topology,
+                                         members[0].solvent, protein_only))
+        if members[0].solvent.solvated:
+            record["solvent"] = {"overlapping": sum(sim.solvent_stats.overlapping for sim in members),
+                                 "moved": sum(sim.solvent_stats.moved for sim in members)}
         if ensemble is not None:
             record["members"] = [{"replica": k, "seed": seed + k, "jumps_done": steps[k],
                                   "trajectory": member_files(out, replicas, k)[0].name,
@@ -298,11 +331,27 @@ def _sum_counts(counts: list[dict[str, int]]) -> dict[str, int]:
     return total
 
 
-def _validity(raw: dict[str, Any], xtcs: list[Path], topology: app.Topology) -> dict[str, Any]:
+def _trajectory_reporter(xtc: Path, sim: StarMDSimulation, protein_only: bool) -> app.XTCReporter:
+    """The run's XTC reporter: every atom (molecules wrapped whole into the box), or the protein alone."""
+    if protein_only and sim.solvent.solvated:
+        return app.XTCReporter(str(xtc), 1, append=xtc.exists(), enforcePeriodicBox=False,
+                               atomSubset=[int(i) for i in sim.solvent.protein_atoms])
+    return app.XTCReporter(str(xtc), 1, append=xtc.exists())
+
+
+def _validity(raw: dict[str, Any], xtcs: list[Path], topology: app.Topology, layout: Any = None,
+              protein_only: bool = False) -> dict[str, Any]:
     """Raw validity and rejection rate (whole run) beside the validity of the written frames, as
-    ``starmd validate`` scores them (:func:`~openmm_starmd.analysis.validity.frame_validity` on the XTCs)."""
-    md_top = md.Topology.from_openmm(topology)
-    valid = [frame_validity(md.load(str(x), top=md_top)).valid for x in xtcs if x.exists() and x.stat().st_size]
+    ``starmd validate`` scores them (:func:`~openmm_starmd.analysis.validity.frame_validity` on the XTCs),
+    on the protein's atoms only."""
+    solvated = layout is not None and layout.solvated
+    md_top = md.Topology.from_openmm(layout.protein_topology if solvated and protein_only else topology)
+
+    def protein_frames(path: Path) -> md.Trajectory:
+        traj = md.load(str(path), top=md_top)
+        return traj.atom_slice(layout.protein_atoms) if solvated and not protein_only else traj
+
+    valid = [frame_validity(protein_frames(x)).valid for x in xtcs if x.exists() and x.stat().st_size]
     flat = np.concatenate(valid) if valid else np.zeros(0, dtype=bool)
     return {**raw, "frames": len(flat),
             "relaxed_valid_fraction": float(flat.mean()) if len(flat) else float("nan")}

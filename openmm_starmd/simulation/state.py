@@ -14,6 +14,7 @@ import safetensors.torch
 import torch
 
 from openmm_starmd.errors import StarMDError
+from openmm_starmd.simulation.solvent import MergeReport
 from openmm_starmd.simulation.stats import CycleStats
 
 if TYPE_CHECKING:
@@ -91,7 +92,8 @@ def simulation_parts(sim: StarMDSimulation, proposer: bool = True) -> tuple[dict
             proposer_tensors, proposer_plain = split_state(sim.proposer.state_dict(), "proposer.")
             tensors.update(proposer_tensors)
         tensors["chirality"] = torch.as_tensor(sim.guard.reference_chirality, device="cpu")
-    meta = {"jump_ps": sim.jump_ps, "started": sim.started, "proposer": proposer_plain, **sim.totals.to_dict()}
+    meta = {"jump_ps": sim.jump_ps, "started": sim.started, "proposer": proposer_plain, **sim.totals.to_dict(),
+            "solvent": {"overlapping": sim.solvent_stats.overlapping, "moved": sim.solvent_stats.moved}}
     return tensors, meta
 
 
@@ -111,3 +113,4 @@ def restore_simulation(sim: StarMDSimulation, tensors: dict[str, torch.Tensor], 
     elif proposer:
         sim.proposer.reset()
     sim.totals = CycleStats.from_dict(meta)
+    sim.solvent_stats = MergeReport(**meta.get("solvent", {}))
