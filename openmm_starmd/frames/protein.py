@@ -181,7 +181,7 @@ def torsion_atom_indices(topology) -> tuple[torch.Tensor, torch.Tensor]:
     records = residue_records(topology)
     breaks = chain_breaks(records)
     N = len(records)
-    index = torch.full((N, 7, 4), -1, dtype=torch.long)
+    index = torch.full((N, 7, 4), -1, dtype=torch.long, device="cpu")  # a host table, built once
     for i, rec in enumerate(records):
         a = rec.atoms
         prev = records[i - 1].atoms if i > 0 and not breaks[i] else {}
@@ -194,7 +194,7 @@ def torsion_atom_indices(topology) -> tuple[torch.Tensor, torch.Tensor]:
         rows += [tuple(a.get(x) for x in chi) for chi in CHI_ATOMS.get(canonical_residue_name(rec.name), ())]
         for j, row in enumerate(rows):
             if all(x is not None for x in row):
-                index[i, j] = torch.tensor(row)
+                index[i, j] = torch.tensor(row, device="cpu")
     return index, (index >= 0).all(dim=-1)
 
 
