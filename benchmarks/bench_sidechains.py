@@ -76,7 +76,7 @@ def main() -> None:
            "chi1_jsd_floor": metrics["metrics"]["chi1_jsd"]["md_vs_md_floor"],
            "chi2_jsd": metrics["metrics"]["chi2_jsd"]["value"],
            "chi2_jsd_floor": metrics["metrics"]["chi2_jsd"]["md_vs_md_floor"],
-           "size_matched": {k: sm[k] for k in ("generated", "md", "ratio", "target")}}
+           "size_matched": sm if "skipped" in sm else {k: sm[k] for k in ("generated", "md", "ratio", "target")}}
     atomic_write_json(work / f"row_{name}.json", row)
     print(json.dumps({k: row[k] for k in ("variant", "seed", "validity", "rejections", "chi1_jsd", "chi2_jsd")}))
 

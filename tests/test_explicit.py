@@ -38,8 +38,8 @@ def box(one_cpu_thread):
 
 def test_model_and_guards_see_the_protein_only(box):
     dry, wet, system, _ = box
-    assert featurize_topology(wet).sequence == featurize_topology(dry).sequence == "AMRV"
     layout = SolventLayout(wet, system)
+    assert featurize_topology(layout.protein_topology).sequence == featurize_topology(dry).sequence == "AMRV"
     assert layout.solvated and layout.periodic
     assert len(layout.protein_atoms) == dry.getNumAtoms() == layout.protein_topology.getNumAtoms()
     assert [r.name for r in layout.protein_topology.residues()] == [r.name for r in dry.residues()]

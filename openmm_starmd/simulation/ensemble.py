@@ -31,6 +31,7 @@ from openmm_starmd.simulation.guards import GuardSettings
 from openmm_starmd.simulation.hybrid import JumpRejectedError, StarMDSimulation
 from openmm_starmd.simulation.proposer import Proposer, StarMDProposerFactory, _factory, resolve_proposer
 from openmm_starmd.simulation.relax import RelaxSettings
+from openmm_starmd.simulation.solvent import SolventLayout
 from openmm_starmd.simulation.stats import CycleStats
 
 
@@ -188,12 +189,13 @@ class StarMDEnsemble:
                               "'default', a checkpoint folder, a network or a registered name")
         self.replicas = int(replicas)
         self.batch: BatchedStarMD | None = None
+        protein = SolventLayout(topology, system).protein_topology  # what the model sees of a solvated system
         if _is_starmd(proposer):
-            single = resolve_proposer(proposer, topology, device=device, window=window, num_steps=num_steps)
-            self.batch = BatchedStarMD(single.model, topology, self.replicas, window=window, num_steps=num_steps)
+            single = resolve_proposer(proposer, protein, device=device, window=window, num_steps=num_steps)
+            self.batch = BatchedStarMD(single.model, protein, self.replicas, window=window, num_steps=num_steps)
             proposers: list[Any] = self.batch.views
         else:
-            proposers = [resolve_proposer(proposer, topology, device=device) for _ in range(self.replicas)]
+            proposers = [resolve_proposer(proposer, protein, device=device) for _ in range(self.replicas)]
         self.simulations = [
             StarMDSimulation(topology, system, proposers[k], jump=jump, relax=relax, guards=guards, platform=platform,
                              platformProperties=platformProperties, seed=seed + k, temperature=temperature)
