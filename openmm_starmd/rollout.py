@@ -4,8 +4,8 @@
 frames), ``sample`` draws the next frame without appending it. With ``config.align_history`` each pushed
 frame is first superposed on the previous one (the model's "world" coordinates, as in training) and
 samples are mapped back to the coordinates of the last pushed frame. Every jump therefore costs the same
-however long the rollout. :func:`sample_full_history` recomputes the same distribution without a
-cache from the whole history (the reference the cache is tested against).
+however long the rollout. :func:`~openmm_starmd.denoiser.sample_full_history` recomputes the same distribution
+without a cache from the whole history (the reference the cache is tested against).
 """
 
 from __future__ import annotations
@@ -17,12 +17,13 @@ from typing import Any
 
 import torch
 
+from openmm_starmd.denoiser import context_noise, make_denoiser
 from openmm_starmd.diffusion.sampler import FrameDiffusion, sample_relative
 from openmm_starmd.errors import StarMDError
-from openmm_starmd.frames.rigid import apply, identity_rotations, invert, superpose, superpose_chain
+from openmm_starmd.frames.rigid import apply, identity_rotations, invert, superpose
 from openmm_starmd.model.chi import draw_chi
-from openmm_starmd.model.network import KVCache, StarMDNetwork, log_dt_tensor
-from openmm_starmd.model.tokens import Residues, absolute, apply_frame_noise, clean_inputs, frame_noise, noisy_inputs
+from openmm_starmd.model.network import KVCache, StarMDNetwork
+from openmm_starmd.model.tokens import Residues, absolute, clean_inputs
 
 
 def _residues(
@@ -56,21 +57,6 @@ def _same_device(a: torch.device | str, b: torch.device | str) -> bool:
         current = torch.cuda.current_device()
         return (current if a.index is None else a.index) == (current if b.index is None else b.index)
     return a.index == b.index or a.index is None or b.index is None
-
-
-def context_noise(
-    net: StarMDNetwork, diffusion: FrameDiffusion, rot: torch.Tensor, trans: torch.Tensor, frame_index: int
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """Inference history noise of pushed frame ``frame_index`` (deterministic: seeded by the config seed
-    and the frame number, so a resumed or recomputed run sees the same noise, and every replica at that
-    frame the same draw). ``rot`` ``[..., N, 3, 3]``, ``trans`` ``[..., N, 3]`` nm."""
-    cfg = net.config
-    if cfg.ctx_tau_inference <= 0.0:
-        return rot, trans
-    gen = torch.Generator(device=trans.device).manual_seed(cfg.ctx_noise_seed * 1_000_003 + int(frame_index))
-    tau = torch.full((1, 1), cfg.ctx_tau_inference, device=trans.device)
-    omega, local = frame_noise(diffusion, tau, trans.shape[-2], gen, cfg.translation_scale, trans.dtype)
-    return apply_frame_noise(rot, trans, omega[0, 0], local[0, 0])
 
 
 @dataclass
@@ -299,7 +285,7 @@ class Rollout:
             ref_trans = torch.stack([h.last[1] for h in hs])[:, None]
             index = torch.full((1,), count, dtype=torch.long, device=self.device)
             dt = dts[pos[0]] if self.replicas is None else torch.tensor([dts[p] for p in pos], device=self.device)
-            denoise = _denoiser(self.model, self.diffusion, self._residues_for(G), ref_rot, ref_trans, dt, index,
+            denoise = make_denoiser(self.model, self.diffusion, self._residues_for(G), ref_rot, ref_trans, dt, index,
                                 self._stacked_cache(hs), temperature_k=self.temperature_k)
             draw_gens = gens[0] if self.replicas is None else [gens[p] for p in pos]
             rel_rot, rel_x = sample_relative(denoise, (G, 1, self.num_residues), self.diffusion, draw_gens,
@@ -374,83 +360,3 @@ class Rollout:
         else:
             self._hist = [self._load_history({name[len(f"r{k}."):]: x for name, x in state.items()
                                               if name.startswith(f"r{k}.")}) for k in range(self.replicas)]
-
-
-def _denoiser(
-    net: StarMDNetwork, diffusion: FrameDiffusion, res: Residues, ref_rot: torch.Tensor, ref_trans: torch.Tensor,
-    dt_ps: float | torch.Tensor, index: torch.Tensor, cache: KVCache | None,
-    clean: dict[str, torch.Tensor] | None = None, temperature_k: float | None = None,
-):
-    """Denoiser closure for :func:`sample_relative`: one noisy group per batch element (``ref_rot``
-    ``[B, 1, N, 3, 3]``, ``ref_trans`` ``[B, 1, N, 3]`` nm, Δt scalar or ``[B]`` ps) at frame ``index``
-    attending to the cache (or, with ``clean``, to recomputed history groups in the same call). The χ logits
-    ``[B, 1, N, 4, bins]`` of its latest call (the last one of a draw: the clean prediction at the smallest τ)
-    stay in ``denoise.chi_logits`` (None without a χ head)."""
-    cfg = net.config
-    scale = cfg.translation_scale
-    B = ref_trans.shape[0]
-    log_dt = log_dt_tensor(dt_ps, B, ref_trans.device)
-
-    def denoise(rel_rot: torch.Tensor, x: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.full((B, 1), tau, device=x.device)
-        sig_rot, alpha, sig_tr = diffusion.sigmas(t)
-        feats, n_rot, n_trans = noisy_inputs(res, ref_rot, ref_trans, rel_rot, x, scale, sig_rot)
-        noisy = torch.ones(1, dtype=torch.bool, device=x.device)
-        if clean is None:
-            h, _ = net.trunk(feats, res.residue_type, res.residue_index, res.residue_mask, n_rot, n_trans, t,
-                             log_dt, index, noisy, cache, temperature_k)
-        else:
-            F = clean["features"].shape[1]
-            h, _ = net.trunk(
-                torch.cat([clean["features"], feats], 1), res.residue_type, res.residue_index, res.residue_mask,
-                torch.cat([clean["rot"], n_rot], 1), torch.cat([clean["trans"], n_trans], 1),
-                torch.cat([clean["tau"], t], 1), log_dt, torch.cat([clean["index"], index]),
-                torch.cat([torch.zeros(F, dtype=torch.bool, device=x.device), noisy]), temperature_k=temperature_k,
-            )
-            h = h[:, F:]
-        rot0, x0, denoise.chi_logits = net.heads(h, rel_rot, x, sig_rot, alpha, sig_tr)
-        return rot0, x0
-
-    denoise.chi_logits = None
-    return denoise
-
-
-@torch.no_grad()
-def sample_full_history(
-    model: StarMDNetwork, residues: Residues, rotations: torch.Tensor, translations: torch.Tensor, dt_ps: float,
-    generator: torch.Generator, num_steps: int | None = None,
-) -> tuple[torch.Tensor, torch.Tensor]:
-    """The next frame after a whole history, recomputed without a cache (every sampler step re-runs all
-    T history frames). Same distribution and, for the same generator, the same draw as a :class:`Rollout`
-    that pushed the same frames.
-
-    Parameters
-    ----------
-    residues
-        Batched (B = 1) residue inputs.
-    rotations, translations
-        History ``[T, N, 3, 3]`` and ``[T, N, 3]`` nm, oldest first.
-    """
-    cfg = model.config
-    diffusion = FrameDiffusion(cfg)
-    T = rotations.shape[0]
-    if cfg.align_history:  # the last frame stays put, so the draw is already in the caller's coordinates
-        rotations, translations = superpose_chain(rotations, translations, residues.residue_mask[0])
-    noised = [context_noise(model, diffusion, rotations[t], translations[t], t) for t in range(T)]
-    n_rot = torch.stack([r for r, _ in noised])[None]
-    n_trans = torch.stack([t for _, t in noised])[None]
-    prev_rot = torch.cat([n_rot[:, :1], n_rot[:, :-1]], 1)
-    prev_trans = torch.cat([n_trans[:, :1], n_trans[:, :-1]], 1)
-    has_prev = (torch.arange(T, device=n_rot.device) > 0)[None]
-    clean = {
-        "features": clean_inputs(residues, n_rot, n_trans, prev_rot, prev_trans, has_prev, cfg.translation_scale),
-        "rot": n_rot, "trans": n_trans, "tau": torch.full((1, T), cfg.ctx_tau_inference, device=n_rot.device),
-        "index": torch.arange(T, device=n_rot.device),
-    }
-    ref_rot, ref_trans = rotations[-1][None, None], translations[-1][None, None]
-    index = torch.tensor([T], device=n_rot.device)
-    denoise = _denoiser(model, diffusion, residues, ref_rot, ref_trans, dt_ps, index, None, clean)
-    N = rotations.shape[1]
-    rel_rot, rel_x = sample_relative(denoise, (1, 1, N), diffusion, generator, n_rot.device, num_steps)
-    rot, trans = absolute(ref_rot, ref_trans, rel_rot, rel_x, cfg.translation_scale)
-    return rot[0, 0], trans[0, 0]

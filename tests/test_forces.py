@@ -107,9 +107,10 @@ def test_openmm_forces_equal_python_score(built, chignolin, platform):
 def test_frame_scores_match_the_rollout_denoiser(built, chignolin):
     """The score uses the context exactly as the simulator's Rollout does (sequential pushes, KV cache)."""
     from openmm_starmd.data.featurize import featurize_topology
+    from openmm_starmd.denoiser import make_denoiser
     from openmm_starmd.frames.protein import frames_from_positions
     from openmm_starmd.model.tokens import relative
-    from openmm_starmd.rollout import Rollout, _denoiser
+    from openmm_starmd.rollout import Rollout
 
     module, _, _ = built
     topology, xyz = chignolin
@@ -119,7 +120,7 @@ def test_frame_scores_match_the_rollout_denoiser(built, chignolin):
         rollout.push(rot[t], trans[t])
     cur_rot, cur_trans, _ = frames_from_positions(xyz[60], topology)
     rel_rot, rel_x = relative(rot[1], trans[1], cur_rot[0], cur_trans[0], module.scale)
-    denoise = _denoiser(module.network, rollout.diffusion, rollout.residues, rot[1][None, None],
+    denoise = make_denoiser(module.network, rollout.diffusion, rollout.residues, rot[1][None, None],
                         trans[1][None, None], 100.0, torch.tensor([2]), rollout.cache)
     with torch.no_grad():
         rot0, x0 = denoise(rel_rot[None, None], rel_x[None, None], module.tau)

@@ -9,13 +9,14 @@ import pytest
 import torch
 
 from openmm_starmd.data.featurize import featurize_topology
+from openmm_starmd.denoiser import sample_full_history
 from openmm_starmd.errors import StarMDError
 from openmm_starmd.frames.protein import frames_from_positions
 from openmm_starmd.frames.rigid import geodesic_distance, random_rotations
 from openmm_starmd.model.config import preset
 from openmm_starmd.model.network import StarMDNetwork
 from openmm_starmd.model.tokens import Residues
-from openmm_starmd.rollout import Rollout, sample_full_history
+from openmm_starmd.rollout import Rollout
 
 DATA = Path(__file__).parent / "data"
 

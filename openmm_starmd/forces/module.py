@@ -74,11 +74,11 @@ class StarMDForce(nn.Module):
     ) -> None:
         super().__init__()
         from openmm_starmd.data.featurize import featurize_topology
+        from openmm_starmd.denoiser import context_noise
         from openmm_starmd.diffusion.sampler import FrameDiffusion
         from openmm_starmd.frames.protein import backbone_atom_indices, frames_from_positions
         from openmm_starmd.model.network import KVCache, log_dt_tensor
         from openmm_starmd.model.tokens import Residues, clean_inputs
-        from openmm_starmd.rollout import context_noise
 
         self.network = _as_network(model)
         cfg = self.network.config
