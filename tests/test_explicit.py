@@ -38,8 +38,8 @@ def box(one_cpu_thread):
 
 def test_model_and_guards_see_the_protein_only(box):
     dry, wet, system, _ = box
-    assert featurize_topology(wet).sequence == featurize_topology(dry).sequence == "AMRV"
     layout = SolventLayout(wet, system)
+    assert featurize_topology(layout.protein_topology).sequence == featurize_topology(dry).sequence == "AMRV"
     assert layout.solvated and layout.periodic
     assert len(layout.protein_atoms) == dry.getNumAtoms() == layout.protein_topology.getNumAtoms()
     assert [r.name for r in layout.protein_topology.residues()] == [r.name for r in dry.residues()]
@@ -192,13 +192,11 @@ def test_solvated_input_errors_are_one_line(tmp_path, capsys, box):
     assert not (tmp_path / "y").exists()
 
 
-def test_ensemble_batches_the_protein_of_solvated_replicas(tmp_path, one_cpu_thread):
-    out = run_simulation(DATA / "amrv.pdb", tmp_path / "ens", time_ps=1000.0, jump_ps=1000.0, model="default",
-                         relax=FAST, seed=1, platform="CPU", forcefield="explicit", progress=False, device="cpu",
-                         replicas=2)
-    record = json.loads((out / "run.json").read_text())
-    assert record["status"] == "complete" and record["validity"]["frames"] == 2
-    assert record["validity"]["raw_proposals"] >= 2
+def test_solvated_replicas_are_refused_in_one_line(tmp_path):
+    with pytest.raises(StarMDError, match="--replicas with --forcefield explicit"):
+        run_simulation(DATA / "amrv.pdb", tmp_path / "ens", time_ps=1000.0, model="perturb", forcefield="explicit",
+                       progress=False, replicas=2)
+    assert not (tmp_path / "ens").exists()
 
 
 def test_solvated_relaxation_takes_the_solvent_friction():

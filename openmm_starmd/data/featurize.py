@@ -1,9 +1,9 @@
 """Per-residue features of a topology (sequence, numbering, chains), aligned with the residue frames.
 
 One entry per residue of the topology, in topology order, exactly as in
-:mod:`openmm_starmd.frames.protein` (residues without N, CA, C are present but masked), except
-solvent: water and monatomic ions (:func:`is_solvent_residue`) are left out, so the model of a
-solvated system sees its protein only.
+:mod:`openmm_starmd.frames.protein` (residues without N, CA, C are present but masked). A solvated
+system's model sees its protein only: the simulation featurizes a protein-only view
+(:class:`~openmm_starmd.simulation.solvent.SolventLayout`, which uses :func:`is_solvent_residue`).
 """
 
 from __future__ import annotations
@@ -110,10 +110,8 @@ class ProteinFeatures:
 
 
 def featurize_topology(topology) -> ProteinFeatures:
-    """Features of every non-solvent residue of an OpenMM ``Topology`` or an ``mdtraj.Topology``."""
+    """Features of every residue of an OpenMM ``Topology`` or an ``mdtraj.Topology``."""
     records = residue_records(topology)
-    keep = [i for i, rec in enumerate(records) if not is_solvent_residue(rec.name, len(rec.atoms))]
-    records = [records[i] for i in keep]
     breaks = chain_breaks(records)
     index: list[int] = []
     for i, rec in enumerate(records):
@@ -126,7 +124,6 @@ def featurize_topology(topology) -> ProteinFeatures:
         else:
             index.append(index[-1] + 1)
     _, residue_mask = backbone_atom_indices(topology)
-    residue_mask = residue_mask[torch.as_tensor(keep, dtype=torch.long, device="cpu")]
     # Host tables: a Rollout or a data loader moves them to the model's device.
     return ProteinFeatures(
         residue_type=torch.tensor([residue_type_index(r.name) for r in records], dtype=torch.long, device="cpu"),

@@ -211,6 +211,10 @@ def run_simulation(
     if not (isinstance(replicas, int) and replicas >= 1):
         raise StarMDError(f"--replicas must be a whole number of at least 1, got {replicas}")
     torch_device = resolve_device(device)
+    if replicas > 1 and get_preset(forcefield).solvent == "explicit":
+        # StarMDEnsemble batches the model over the whole topology; it needs the protein-only view first.
+        raise StarMDError("--replicas with --forcefield explicit is not supported yet: run the replicas as separate "
+                          "runs (--seed S, S+1, ...)")
     if protein_only and get_preset(forcefield).solvent != "explicit":
         raise StarMDError(f"--protein-only needs a solvated run: force field {forcefield!r} has no water to leave "
                           "out (use --forcefield explicit, or drop --protein-only)")
