@@ -138,7 +138,7 @@ def test_hybrid_in_a_water_box_keeps_box_barostat_and_whole_waters(box):
 
 
 def _simulate(out, time_ps, resume=False, protein_only=False):
-    return run_simulation(DATA / "amrv.pdb", out, time_ps=time_ps, jump_ps=1000.0, model="perturb", relax=FAST,
+    return run_simulation(DATA / "amrv.pdb", out, time_ps=time_ps, jump_ps=1000.0, model="default", relax=FAST,
                           seed=4, platform="CPU", forcefield="explicit", resume=resume, progress=False,
                           device="cpu", protein_only=protein_only)
 
