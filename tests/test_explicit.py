@@ -138,7 +138,7 @@ def test_hybrid_in_a_water_box_keeps_box_barostat_and_whole_waters(box):
 
 
 def _simulate(out, time_ps, resume=False, protein_only=False):
-    return run_simulation(DATA / "amrv.pdb", out, time_ps=time_ps, jump_ps=1000.0, model="perturb", relax=FAST,
+    return run_simulation(DATA / "amrv.pdb", out, time_ps=time_ps, jump_ps=1000.0, model="default", relax=FAST,
                           seed=4, platform="CPU", forcefield="explicit", resume=resume, progress=False,
                           device="cpu", protein_only=protein_only)
 
@@ -151,9 +151,11 @@ def test_explicit_run_resumes_exactly_and_writes_protein_only(tmp_path, one_cpu_
     a = md.load(str(straight / "traj.xtc"), top=top)
     b = md.load(str(part / "traj.xtc"), top=top)
     assert a.n_frames == b.n_frames == 2 and a.n_atoms > 500
-    np.testing.assert_array_equal(a.xyz[0], b.xyz[0])
-    # The resumed jump is the uninterrupted one up to float rounding (the CPU platform's PME neighbour list
-    # is rebuilt from the checkpoint, so its sums run in another order): within one XTC quantum.
+    # Equal within one XTC quantum: with PME on the CPU platform, two identical runs in one process differed
+    # at a few water atoms by one quantum unless OPENMM_CPU_THREADS=1 was set at start-up (the Threads
+    # default set by the fixture did not make them bit-identical), and the resumed jump rebuilds the
+    # neighbour list from the checkpoint besides.
+    np.testing.assert_allclose(a.xyz[0], b.xyz[0], atol=1.5e-3)
     np.testing.assert_allclose(a.xyz[1], b.xyz[1], atol=1.5e-3)
     record = json.loads((part / "run.json").read_text())
     assert record["status"] == "complete" and record["validity"]["relaxed_valid_fraction"] == 1.0

@@ -2,8 +2,8 @@
 
 One entry per residue of the topology, in topology order, exactly as in
 :mod:`openmm_starmd.frames.protein` (residues without N, CA, C are present but masked). A solvated
-system's model sees its protein only because the simulator featurises the protein-only view of
-:class:`~openmm_starmd.simulation.solvent.SolventLayout`; :func:`is_solvent_residue` tells solvent apart.
+system's model sees its protein only: the simulation featurizes a protein-only view
+(:class:`~openmm_starmd.simulation.solvent.SolventLayout`, which uses :func:`is_solvent_residue`).
 """
 
 from __future__ import annotations

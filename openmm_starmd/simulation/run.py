@@ -39,6 +39,7 @@ from openmm_starmd.simulation.hybrid import JumpRejectedError, StarMDSimulation
 from openmm_starmd.simulation.proposer import available_proposers, resolve_proposer
 from openmm_starmd.simulation.relax import RelaxSettings
 from openmm_starmd.simulation.reporters import JumpLogReporter
+from openmm_starmd.simulation.solvent import SolventLayout
 from openmm_starmd.units import format_time, ns_per_day
 
 FILES = ("topology.pdb", "protein.pdb", "traj.xtc", "log.csv", "checkpoint.chk", "run.json")
@@ -226,7 +227,9 @@ def run_simulation(
     common = {"jump": jump_ps, "relax": relax, "guards": GuardSettings(), "platform": platform, "seed": seed,
               "temperature": temperature_k}
     if replicas == 1:
-        sim = StarMDSimulation(topology, system, resolve_proposer(model, topology, device=torch_device), **common)
+        # The model sees the protein only (a solvated system's water and ions are no residues of it).
+        protein = SolventLayout(topology, system).protein_topology
+        sim = StarMDSimulation(topology, system, resolve_proposer(model, protein, device=torch_device), **common)
         members, ensemble = [sim], None
     else:
         ensemble = StarMDEnsemble(topology, system, model, replicas=replicas, device=torch_device, **common)
