@@ -4,6 +4,7 @@ The suite runs on 2 cores beside other work; torch's intra-op threads fight each
 tensors tests use (measured 10-40x slower under load), so tests use one thread.
 """
 
+import shutil
 from pathlib import Path
 
 import mdtraj as md
@@ -31,3 +32,13 @@ def one_cpu_thread():
     platform.setPropertyDefaultValue("Threads", "1")
     yield
     platform.setPropertyDefaultValue("Threads", old)
+
+
+@pytest.fixture(scope="module")
+def atlas(tmp_path_factory) -> Path:
+    """tests/data/cln025 in the ATLAS layout: cln025/cln025.pdb + cln025/cln025_R1.xtc (3 ns, 10 ps frames)."""
+    folder = tmp_path_factory.mktemp("atlas") / "cln025"
+    folder.mkdir()
+    shutil.copy(DATA / "cln025.pdb", folder / "cln025.pdb")
+    shutil.copy(DATA / "cln025_3ns.xtc", folder / "cln025_R1.xtc")
+    return folder

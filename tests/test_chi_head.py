@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import math
-import shutil
-from pathlib import Path
 
 import pytest
 import torch
@@ -16,17 +14,6 @@ from openmm_starmd.model.config import ModelConfig, preset
 from openmm_starmd.train.objective import diffusion_loss
 from openmm_starmd.train.run import initial_model
 from openmm_starmd.train.trainer import Trainer, TrainOptions
-
-DATA = Path(__file__).parent / "data"
-
-
-@pytest.fixture(scope="module")
-def atlas(tmp_path_factory) -> Path:
-    folder = tmp_path_factory.mktemp("atlas_chi") / "cln025"
-    folder.mkdir()
-    shutil.copy(DATA / "cln025.pdb", folder / "cln025.pdb")
-    shutil.copy(DATA / "cln025_3ns.xtc", folder / "cln025_R1.xtc")
-    return folder
 
 
 def test_bins_wrap_around_the_circle():

@@ -23,16 +23,6 @@ from openmm_starmd.train.trainer import Trainer, TrainOptions
 DATA = Path(__file__).parent / "data"
 
 
-@pytest.fixture(scope="module")
-def atlas(tmp_path_factory) -> Path:
-    """tests/data/cln025 in the ATLAS layout: cln025/cln025.pdb + cln025/cln025_R1.xtc."""
-    folder = tmp_path_factory.mktemp("atlas") / "cln025"
-    folder.mkdir()
-    shutil.copy(DATA / "cln025.pdb", folder / "cln025.pdb")
-    shutil.copy(DATA / "cln025_3ns.xtc", folder / "cln025_R1.xtc")
-    return folder
-
-
 def two_windows(atlas: Path) -> list[dict]:
     ds = TrajectoryWindows([atlas], window=preset("tiny").window, max_stride=1, seed=0)
     return [ds[0], ds[1]]
