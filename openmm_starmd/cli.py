@@ -199,8 +199,8 @@ def _add_simulate(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--model", default="default",
                    help="STAR-MD checkpoint folder, a proposer name (e.g. perturb), or default: the model "
                         "shipped with the package (default)")
-    p.add_argument("--relax", default="2ps",
-                   help="MD relaxation after each jump (default 2ps; 0ps: minimise only)")
+    p.add_argument("--relax", default="3ps",
+                   help="MD relaxation after each jump (default 3ps; 0ps: minimise only)")
     p.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     p.add_argument("--platform", help="OpenMM platform (default: fastest available)")
     p.add_argument("--forcefield", default="implicit-fast", choices=sorted(PRESETS),

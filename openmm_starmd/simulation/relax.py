@@ -73,7 +73,7 @@ class RelaxSettings:
         give it back within the segment (:meth:`for_system`).
     """
 
-    time_ps: float = 2.0
+    time_ps: float = 3.0
     restraint_k: float = 2000.0
     ramp_stages: int = 4
     minimize_iterations: int = 50
