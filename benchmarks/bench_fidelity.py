@@ -282,7 +282,7 @@ def main() -> None:
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--prior-weight", type=float, default=0.0,
                         help="λ of the learned force (StarMDForce) in every relaxation's MD (default 0: off)")
-    parser.add_argument("--relax", help="MD per relaxation, e.g. 2ps (default: RelaxSettings' 1 ps)")
+    parser.add_argument("--relax", help="MD per relaxation, e.g. 3ps (default: RelaxSettings' default)")
     parser.add_argument("--max-wall", type=float, help="stop each rollout after this many seconds (partial)")
     parser.add_argument("--out", required=True, help="work folder (rollouts and validation reports; reused)")
     parser.add_argument("--json", default="benchmarks/results/fidelity.json")

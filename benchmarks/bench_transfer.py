@@ -140,8 +140,9 @@ def collect(parts: Path, out: Path) -> None:
              "2-core CPU (heavily loaded while measured: timings pessimistic, ratio measured in the same process). "
              "Plain MD: the same prepared structure, minimised, Langevin 4 fs, length per row. CA RMSD to the prepared "
              "start after superposition. `before` = relaxation shipped before this change (no clash relief, "
-             "1 ps MD); `clash_relief` = the same plus the clash-relief stage; `default` = `RelaxSettings()` now "
-             "(clash relief, 2 ps MD); `strict` = the default with clash relief down to 5e3 kJ/mol/nm and 100 "
+             "1 ps MD); `clash_relief` = the same plus the clash-relief stage; `default` = `RelaxSettings()` when "
+             "the row ran (each row's `relax` in the JSON; 2 ps MD for the rows so far, 3 ps since 2026-12-01); "
+             "`strict` = the default with clash relief down to 5e3 kJ/mol/nm and 100 "
              "minimiser iterations. One seed (1) per row. Villin before the fix: a traced run of the old protocol "
              "(20 ns, seed 1) had 33 of 57 proposals rejected (32 OpenMM errors); see the README notes.", "",
              "| system | model | protocol | frames | proposals | rejected | by reason | raw valid | max CA RMSD "
