@@ -130,17 +130,17 @@ def build_system(
         in a periodic box, so the returned topology and positions may differ from the input; implicit
         presets return them unchanged.
     """
-    from openmm_starmd.data.featurize import WATER_NAMES
+    from openmm_starmd.data.featurize import has_water
 
     preset = get_preset(preset) if isinstance(preset, str) else preset
     forcefield = app.ForceField(*preset.files)
-    has_water = any(res.name in WATER_NAMES for res in topology.residues())
-    if preset.solvent == "explicit" and not has_water:
+    solvated = has_water(topology)
+    if preset.solvent == "explicit" and not solvated:
         topology, positions = solvate(topology, positions, preset, forcefield)
-    elif has_water and preset.solvent != "explicit":
+    elif solvated and preset.solvent != "explicit":
         raise StarMDError(f"the structure holds water but force field {preset.name!r} is implicit solvent: use "
                           "--forcefield explicit, or remove the water (starmd prepare does)")
-    elif has_water and topology.getPeriodicBoxVectors() is None:
+    elif solvated and topology.getPeriodicBoxVectors() is None:
         raise StarMDError("the solvated structure has no periodic box (no CRYST1 record): give one, or give the "
                           "protein alone and let --forcefield explicit add the water box")
     kwargs = {

@@ -65,6 +65,16 @@ def ca_pairs(top: md.Topology) -> tuple[np.ndarray, np.ndarray]:
     return np.array(bonded, dtype=int).reshape(-1, 2), np.array(nonbonded, dtype=int).reshape(-1, 2)
 
 
+def within_three_bonds(n_atoms: int, bonds: np.ndarray) -> sparse.csr_matrix:
+    """``[n_atoms, n_atoms]`` sparse boolean matrix: atoms i and j are at most three bonds apart (1-2, 1-3,
+    1-4 neighbours, and i itself), from ``bonds`` ``[n_bonds, 2]`` atom index pairs."""
+    bonds = np.asarray(bonds, dtype=np.int64).reshape(-1, 2)
+    adjacency = sparse.coo_matrix((np.ones(len(bonds)), (bonds[:, 0], bonds[:, 1])),
+                                  shape=(n_atoms, n_atoms)).tocsr()
+    step = sparse.identity(n_atoms, format="csr") + adjacency + adjacency.T
+    return (step @ step @ step) > 0
+
+
 def heavy_pairs(top: md.Topology) -> np.ndarray:
     """Heavy-atom pairs more than three bonds apart (or in residues two apart if there are no bonds)."""
     heavy = np.array([a.index for a in top.atoms if a.element is not None and a.element.symbol != "H"])
@@ -75,9 +85,7 @@ def heavy_pairs(top: md.Topology) -> np.ndarray:
         keep = np.abs(resid[heavy[i]] - resid[heavy[j]]) > 1
         return np.column_stack([heavy[i][keep], heavy[j][keep]])
     bonds = np.array([(b.atom1.index, b.atom2.index) for b in top.bonds])
-    adjacency = sparse.coo_matrix((np.ones(len(bonds)), (bonds[:, 0], bonds[:, 1])), shape=(n, n)).tocsr()
-    step = sparse.identity(n, format="csr") + adjacency + adjacency.T
-    within_three = (step @ step @ step)[heavy][:, heavy].toarray() > 0  # 1-2, 1-3 and 1-4 neighbours
+    within_three = within_three_bonds(n, bonds)[heavy][:, heavy].toarray()
     i, j = np.triu_indices(len(heavy), k=1)
     keep = ~within_three[i, j]
     return np.column_stack([heavy[i][keep], heavy[j][keep]])

@@ -30,6 +30,7 @@ __all__ = [
     "chain_break",
     "chain_index",
     "featurize_topology",
+    "has_water",
     "is_solvent_residue",
     "residue_index",
     "residue_mask",
@@ -49,6 +50,11 @@ WATER_NAMES = frozenset({"HOH", "WAT", "H2O", "TIP3", "TIP4", "TIP5", "SOL", "SP
 # Residue names of monatomic ions as OpenMM's Modeller, PDB entries and CHARMM files write them.
 ION_NAMES = frozenset({"NA", "CL", "K", "LI", "RB", "CS", "MG", "CA", "ZN", "F", "BR", "I", "SOD", "CLA", "POT",
                        "CAL", "NA+", "CL-", "K+"})
+
+
+def has_water(topology) -> bool:
+    """Whether an OpenMM ``Topology`` holds a water residue (:data:`WATER_NAMES`)."""
+    return any(res.name.strip().upper() in WATER_NAMES for res in topology.residues())
 
 
 def is_solvent_residue(name: str, n_atoms: int) -> bool:

@@ -312,12 +312,13 @@ class StarMDSimulation(app.Simulation):
                 relaxed, energy, reason = self._relax(target, box)
                 stats.openmm_s += time.perf_counter() - start
             if reason is None:
-                reason = self.guard.check_relaxed(self.solvent.protein(relaxed), energy)
+                relaxed_protein = self.solvent.protein(relaxed)
+                reason = self.guard.check_relaxed(relaxed_protein, energy)
             if reason is None and self.solvent.solvated:
                 box_now = box_of(self.context.getState())
                 reason = self.guard.check_solvent(self.solvent.solvent_distances(relaxed, box_now))
             if reason is None:
-                rot_new, trans_new = self.atom_map.frames(self.solvent.protein(relaxed))
+                rot_new, trans_new = self.atom_map.frames(relaxed_protein)
                 start = time.perf_counter()
                 self.proposer.push(rot_new.float(), trans_new.float())
                 stats.model_s += time.perf_counter() - start

@@ -18,11 +18,10 @@ import openmm
 import openmm.app as app
 import torch
 
+from openmm_starmd.data.featurize import has_water
 from openmm_starmd.errors import StarMDError
 from openmm_starmd.frames import rigid
 from openmm_starmd.frames.protein import backbone_atom_indices, backbone_from_frames, chain_breaks, residue_records
-
-WATER_NAMES = frozenset({"HOH", "WAT", "H2O", "TIP3", "TIP4", "TIP5", "SOL", "SPC"})
 
 
 def require_implicit_solvent(topology: app.Topology, system: openmm.System) -> None:
@@ -34,8 +33,7 @@ def require_implicit_solvent(topology: app.Topology, system: openmm.System) -> N
     StarMDError
         If the topology holds water or the System is periodic.
     """
-    has_water = any(res.name in WATER_NAMES for res in topology.residues())
-    if has_water or system.usesPeriodicBoundaryConditions():
+    if has_water(topology) or system.usesPeriodicBoundaryConditions():
         raise StarMDError("explicit-water / periodic systems are not supported by the learned-prior force "
                           "(RelaxSettings.starmd_force_weight): set it to 0, or use an implicit-solvent preset")
 

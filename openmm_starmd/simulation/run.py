@@ -36,10 +36,9 @@ from openmm_starmd.runfolder import software_versions, truncate_xtc
 from openmm_starmd.simulation.ensemble import StarMDEnsemble
 from openmm_starmd.simulation.guards import GuardSettings
 from openmm_starmd.simulation.hybrid import JumpRejectedError, StarMDSimulation
-from openmm_starmd.simulation.proposer import available_proposers, resolve_proposer
+from openmm_starmd.simulation.proposer import available_proposers
 from openmm_starmd.simulation.relax import RelaxSettings
 from openmm_starmd.simulation.reporters import JumpLogReporter
-from openmm_starmd.simulation.solvent import SolventLayout
 from openmm_starmd.units import format_time, ns_per_day
 
 FILES = ("topology.pdb", "protein.pdb", "traj.xtc", "log.csv", "checkpoint.chk", "run.json")
@@ -118,10 +117,10 @@ def _prepared_pdb(input_path: str | os.PathLike) -> str:
 
 def _read_pdb(text: str) -> tuple[app.Topology, Any]:
     """Topology and positions of PDB text; the box is kept only for a solvated structure."""
-    from openmm_starmd.data.featurize import WATER_NAMES
+    from openmm_starmd.data.featurize import has_water
 
     pdb = app.PDBFile(io.StringIO(text))
-    if not any(res.name in WATER_NAMES for res in pdb.topology.residues()):
+    if not has_water(pdb.topology):
         pdb.topology.setPeriodicBoxVectors(None)
     return pdb.topology, pdb.positions
 
@@ -227,9 +226,8 @@ def run_simulation(
     common = {"jump": jump_ps, "relax": relax, "guards": GuardSettings(), "platform": platform, "seed": seed,
               "temperature": temperature_k}
     if replicas == 1:
-        # The model sees the protein only (a solvated system's water and ions are no residues of it).
-        protein = SolventLayout(topology, system).protein_topology
-        sim = StarMDSimulation(topology, system, resolve_proposer(model, protein, device=torch_device), **common)
+        # StarMDSimulation resolves the model on its protein-only view (a solvated system's water is no residue).
+        sim = StarMDSimulation(topology, system, model, device=torch_device, **common)
         members, ensemble = [sim], None
     else:
         ensemble = StarMDEnsemble(topology, system, model, replicas=replicas, device=torch_device, **common)

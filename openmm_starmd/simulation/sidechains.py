@@ -24,7 +24,7 @@ import openmm.app as app
 import torch
 from scipy.spatial import cKDTree
 
-from openmm_starmd.analysis.validity import HEAVY_CLASH_NM
+from openmm_starmd.analysis.validity import HEAVY_CLASH_NM, within_three_bonds
 from openmm_starmd.errors import StarMDError
 from openmm_starmd.frames.protein import backbone_atom_indices, dihedral, torsion_atom_indices
 from openmm_starmd.frames.rigid import rotate_about_axis
@@ -71,7 +71,8 @@ class SideChains:
         N = len(framed)
         self.num_atoms = len(residue_of)
         self._heavy = np.array([a.element is None or a.element.symbol != "H" for a in topology.atoms()])
-        self._near = _within_three_bonds(neighbours, self._heavy)
+        bonds = np.array([(a.index, b.index) for a, b in topology.bonds()], dtype=np.int64).reshape(-1, 2)
+        self._near = within_three_bonds(self.num_atoms, bonds)  # pairs a clash check leaves out
         self._owner_residue = np.full(self.num_atoms, -1, dtype=np.int64)  # residue whose χ turns the atom
         self.mask = np.zeros((N, NUM_CHI), dtype=bool)
         # Per χk: residues (rows), their atom quadruples, and the moving atoms with the row they belong to.
@@ -178,30 +179,15 @@ class SideChains:
             # bonded neighbours were as close before, so this cheap test drops them before the bond lookup
             new = np.linalg.norm(before[a] - before[b], axis=-1) >= clash_nm
             a, b = a[new], b[new]
-            far = np.array([int(y) not in self._near[int(x)] for x, y in zip(a, b, strict=True)], dtype=bool)
-            a, b = a[far], b[far]
+            if len(a):
+                far = ~np.asarray(self._near[a, b]).ravel()
+                a, b = a[far], b[far]
             residues = np.unique(np.concatenate([self._owner_residue[a], self._owner_residue[b]]))
             residues = residues[residues >= 0]
             moved = np.isin(self._owner_residue, residues) & np.any(after != before, axis=-1)
             if not moved.any():
                 return after
             after[moved] = before[moved]
-
-
-def _within_three_bonds(neighbours: list[set[int]], heavy: np.ndarray) -> list[set[int]]:
-    """For each heavy atom, the heavy atoms one to three bonds away (pairs a clash check leaves out);
-    empty for hydrogens."""
-    near: list[set[int]] = []
-    for start in range(len(neighbours)):
-        if not heavy[start]:
-            near.append(set())
-            continue
-        found, shell = {start}, {start}
-        for _ in range(3):
-            shell = {n for atom in shell for n in neighbours[atom]} - found
-            found |= shell
-        near.append({x for x in found if heavy[x]} - {start})
-    return near
 
 
 def side_chains_for(topology: app.Topology, proposer: Any) -> SideChains | None:

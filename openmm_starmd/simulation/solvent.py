@@ -22,7 +22,7 @@ import openmm
 import openmm.app as app
 import openmm.unit as u
 
-from openmm_starmd.data.featurize import UNKNOWN_RESIDUE, WATER_NAMES, is_solvent_residue, residue_type_index
+from openmm_starmd.data.featurize import UNKNOWN_RESIDUE, has_water, is_solvent_residue, residue_type_index
 from openmm_starmd.errors import StarMDError
 
 CAP_NAMES = frozenset({"ACE", "NME", "NH2", "NMA"})
@@ -129,8 +129,7 @@ class SolventLayout:
         self.periodic = bool(system.usesPeriodicBoundaryConditions())
         residues = list(topology.residues())
         solvent = [is_solvent_residue(res.name, len(list(res.atoms()))) for res in residues]
-        has_water = any(res.name.strip().upper() in WATER_NAMES for res in residues)
-        if has_water and not self.periodic:
+        if has_water(topology) and not self.periodic:
             raise StarMDError("the topology holds water but the System has no periodic box: build it with PME "
                               "(--forcefield explicit) or remove the water (starmd prepare) for implicit solvent")
         if self.periodic or any(solvent):
@@ -198,8 +197,6 @@ class SolventLayout:
             return protein_target, MergeReport()
         target = np.array(positions, dtype=np.float64, copy=True)
         target[self.protein_atoms] = protein_target
-        if not len(self.molecules):
-            return target, MergeReport()
         box = box if self.periodic else None
         distance = self.solvent_distances(target, box)
         inside = np.flatnonzero(distance < overlap_nm)
