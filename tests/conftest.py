@@ -1,11 +1,17 @@
 """Test-suite settings.
 
 The suite runs on 2 cores beside other work; torch's intra-op threads fight each other on the tiny
-tensors tests use (measured 10-40x slower under load), so tests use one thread.
+tensors tests use (measured 10-40x slower under load), so tests use one thread. OpenMM's CPU platform
+reads OPENMM_CPU_THREADS when it loads: set before the first ``import openmm``, it makes explicit-solvent
+(PME) runs in one process repeat each other, which the ``Threads`` default of :func:`one_cpu_thread` alone
+did not (two identical solvated runs differed by one XTC quantum at a few water atoms).
 """
 
+import os
 import shutil
 from pathlib import Path
+
+os.environ.setdefault("OPENMM_CPU_THREADS", "1")
 
 import mdtraj as md
 import openmm
