@@ -241,9 +241,10 @@ class Rollout:
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Draw the next frame ``Δt = dt_ps`` after the last pushed one (not appended).
 
-        With a χ head the side-chain torsions of the draw are left in :attr:`last_chi` (``[N, 4]`` rad;
-        with ``replicas`` ``[R', N, 4]``; None without a χ head): drawn from the clean prediction of the
-        last sampler step, each replica from its own generator after its frame noise.
+        With a χ head the side-chain torsions of the draw are left in :attr:`last_chi` (``[M, N, 4]`` rad,
+        M = ``config.chi_draws`` independent draws, the first being the draw; with ``replicas``
+        ``[R', M, N, 4]``; None without a χ head): drawn from the clean prediction of the last sampler step,
+        each replica from its own generator after its frame noise.
 
         Parameters
         ----------
@@ -295,7 +296,7 @@ class Rollout:
             rot = back_rot[:, None] @ rot[:, 0]
             trans = apply(back_rot[:, None], back_trans[:, None], trans[:, 0])
             logits = denoise.chi_logits
-            chi = draw_chi(None if logits is None else logits[:, 0], [gens[p] for p in pos])
+            chi = draw_chi(None if logits is None else logits[:, 0], [gens[p] for p in pos], self.config.chi_draws)
             out.append((pos, rot, trans, chi))
         if self.replicas is None:
             self.last_chi = None if out[0][3] is None else out[0][3][0]

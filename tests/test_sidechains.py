@@ -109,6 +109,25 @@ def test_place_keeps_a_draw_only_where_it_adds_no_overlap(chignolin):
     assert abs(float(_wrap(angles[0, 5, 3] - chi[5, 0]))) < 1e-4  # Thr6 takes its draw
 
 
+def test_place_turns_an_overlapping_side_chain_to_its_next_draw_and_keeps_the_others_first(chignolin):
+    topology, x = chignolin
+    sc = SideChains(topology)
+    md_top = mdtraj.Topology.from_openmm(topology)
+    before, _ = torsions(x, topology)
+    first, second = before[0, :, 3:].clone(), before[0, :, 3:].clone()
+    first[8, :2] = torch.tensor([math.radians(-60.0), math.radians(90.0)])  # Trp9 into Tyr2: 19 overlaps
+    second[8, :2] = torch.tensor([math.radians(180.0), math.radians(-90.0)])  # Trp9 clear of everything
+    first[5, 0], second[5, 0] = math.radians(60.0), math.radians(180.0)  # Thr6 fits either way
+    y = sc.place(x, torch.stack([first, second]))
+    assert frame_validity(mdtraj.Trajectory(y[None].astype(np.float32), md_top)).heavy_clashes[0] == 0
+    angles, _ = torsions(y, topology)
+    assert float(_wrap(angles[0, 8, 3:5] - second[8, :2]).abs().max()) < 1e-4  # Trp9 took its second draw
+    assert abs(float(_wrap(angles[0, 5, 3] - first[5, 0]))) < 1e-4  # Thr6 kept its first
+    # one draw alone: Trp9 cannot move and keeps its rigidly moved side chain
+    trp = [a.index for a in list(topology.residues())[8].atoms()]
+    assert np.array_equal(sc.place(x, first)[trp], x[trp])
+
+
 def _chi_net(bias_bin: int | None = CHI1_BIN) -> StarMDNetwork:
     torch.manual_seed(0)
     net = StarMDNetwork(preset("tiny", chi_head=True, chi_bins=BINS))
@@ -139,7 +158,9 @@ def test_chi_draw_follows_the_frames_and_replica_k_draws_what_its_single_run_dra
         ro.push(rot[0], trans[0])
     fa, fb = a.sample(100.0, torch.Generator().manual_seed(5)), b.sample(100.0, torch.Generator().manual_seed(5))
     assert torch.equal(fa[0], fb[0]) and torch.equal(fa[1], fb[1])
-    assert b.last_chi is None and a.last_chi.shape == (feats.residue_type.shape[0], 4)
+    assert b.last_chi is None
+    assert a.last_chi.shape == (net.config.chi_draws, feats.residue_type.shape[0], 4) and net.config.chi_draws > 1
+    assert not torch.equal(a.last_chi[0], a.last_chi[1])  # independent draws, not copies
     # batched replicas draw each from its own generator, as single runs seeded the same
     seeds = [3, 4, 5]
     batched = Rollout(net, feats, num_steps=3, replicas=3)
@@ -180,10 +201,10 @@ def mapped(monkeypatch, placed):
     """Every proposal passes the frame guard; the mapped structure whose raw validity is scored is recorded,
     then refused before relaxation (the raw mapping is what is tested; no OpenMM work)."""
     seen: list[np.ndarray] = []
-    raw_valid = Guard.raw_valid
+    raw_failure = Guard.raw_failure
     monkeypatch.setattr(Guard, "check_proposal", lambda self, rot, trans: None)
-    monkeypatch.setattr(Guard, "raw_valid", lambda self, positions: seen.append(positions.copy()) or
-                        raw_valid(self, positions))
+    monkeypatch.setattr(Guard, "raw_failure", lambda self, positions: seen.append(positions.copy()) or
+                        raw_failure(self, positions))
     monkeypatch.setattr(Guard, "check_target", lambda self, positions: TORN_TARGET)
     return seen
 

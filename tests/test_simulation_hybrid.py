@@ -148,6 +148,8 @@ def test_nan_and_wild_proposals_are_resampled(chignolin, monkeypatch):
         # Raw validity: every draw is counted, before guards and relaxation; the broken ones are invalid.
         assert sim.totals.proposals == 4 and sim.totals.raw_valid == 2
         assert sim.validity()["raw_valid_fraction"] == 0.5 and sim.validity()["rejection_rate"] == 0.5
+        assert sim.validity()["raw_failures"][{"nan": "nonfinite_proposal", "wild": "ca_break"}[kind]] == 2
+        assert sum(sim.validity()["raw_failures"].values()) == 2
         assert sim.last_cycle.proposals == 2 and sim.last_cycle.raw_valid == 1
     assert seen and all(seen)  # OpenMM never saw a non-finite position
     assert len(seen) == 4  # and never relaxed a rejected proposal
@@ -211,6 +213,6 @@ def test_raw_validity_uses_validates_criteria(chignolin):
     noisy = [xyz + rng.normal(0.0, s, xyz.shape) for s in (0.005, 0.02, 0.05)]
     for structure in (xyz, torn, clash, nonfinite, *noisy):
         expected = bool(frame_validity(md.Trajectory(structure[None].astype(np.float32), md_top)).valid[0])
-        assert sim.guard.raw_valid(structure) == expected
-    assert sim.guard.raw_valid(xyz) and not sim.guard.raw_valid(torn) and not sim.guard.raw_valid(clash)
+        assert (sim.guard.raw_failure(structure) is None) == expected
+    assert sim.guard.raw_failure(xyz) is None and sim.guard.raw_failure(clash) is not None
     assert sim.guard.scorer.failure(torn) == "ca_break"

@@ -79,9 +79,9 @@ def most_likely_chi(logits: torch.Tensor) -> torch.Tensor:
     return -math.pi + (logits.argmax(dim=-1).to(torch.float32) + 0.5) * width
 
 
-def draw_chi(logits: torch.Tensor | None, generators: list[torch.Generator]) -> torch.Tensor | None:
-    """One χ draw per batch element, each from its own generator (replica b of a batch then draws what a
-    single run with ``generators[b]`` draws).
+def draw_chi(logits: torch.Tensor | None, generators: list[torch.Generator], draws: int = 1) -> torch.Tensor | None:
+    """``draws`` χ draws per batch element, each element from its own generator (replica b of a batch then
+    draws what a single run with ``generators[b]`` draws).
 
     Parameters
     ----------
@@ -89,15 +89,18 @@ def draw_chi(logits: torch.Tensor | None, generators: list[torch.Generator]) -> 
         ``[B, N, 4, bins]`` or None (a model without a χ head).
     generators
         B generators on the logits' device.
+    draws
+        M, independent draws per element (the first is the draw; the others are alternatives a side-chain
+        placement may turn to).
 
     Returns
     -------
     torch.Tensor or None
-        ``[B, N, 4]`` angles (rad), or None when ``logits`` is None.
+        ``[B, M, N, 4]`` angles (rad), or None when ``logits`` is None.
     """
     if logits is None:
         return None
-    return torch.stack([sample_chi(logits[b], g) for b, g in enumerate(generators)])
+    return torch.stack([sample_chi(logits[b].expand(draws, *logits.shape[1:]), g) for b, g in enumerate(generators)])
 
 
 __all__ = ["CHI_OFFSET", "NUM_CHI", "chi_bin", "chi_loss", "draw_chi", "most_likely_chi", "sample_chi"]

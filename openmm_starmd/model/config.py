@@ -70,6 +70,9 @@ class ModelConfig:
     temperature_range_k: tuple[float, float] = (300.0, 300.0)
     # sampler
     num_sampler_steps: int = 20
+    # χ draws per proposal: the all-atom mapping takes the first, and re-turns a residue whose side chain
+    # overlaps another heavy atom to the next draw (SideChains.place)
+    chi_draws: int = 8
     deterministic_sampler: bool = False  # probability-flow ODE instead of the reverse SDE
     # translation integrator: "exponential" (exact over each step for the frozen denoiser) or "euler"
     # (Euler–Maruyama); rotations always take geodesic Euler–Maruyama steps
@@ -89,6 +92,8 @@ class ModelConfig:
             raise StarMDError(f"sampler_method must be 'exponential' or 'euler', got {self.sampler_method!r}")
         if self.chi_bins < 2:
             raise StarMDError(f"chi_bins must be at least 2, got {self.chi_bins}")
+        if self.chi_draws < 1:
+            raise StarMDError(f"chi_draws must be at least 1, got {self.chi_draws}")
         if self.num_sampler_steps < 1:
             raise StarMDError(f"num_sampler_steps must be at least 1, got {self.num_sampler_steps}")
         low, high = self.temperature_range_k
@@ -154,7 +159,7 @@ def check_temperature(config: ModelConfig, temperature_k: float, slack_k: float 
                       "simulate within it or fine-tune on data at that temperature")
 
 
-_ADDED_FIELDS = ("temperature_condition", "temperature_range_k", "chi_bins", "chi_loss_weight")
+_ADDED_FIELDS = ("temperature_condition", "temperature_range_k", "chi_bins", "chi_loss_weight", "chi_draws")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 PRESETS: dict[str, ModelConfig] = {

@@ -88,7 +88,7 @@ class ReplicaProposer(Proposer):
     def __init__(self, batch: BatchedStarMD, k: int) -> None:
         self.batch, self.k = batch, k
         self.prefetched: tuple[float, torch.Tensor, torch.Tensor, torch.Tensor | None] | None = None
-        self.chi: torch.Tensor | None = None  # χ1–χ4 [N, 4] rad of the last proposal (None: no χ head)
+        self.chi: torch.Tensor | None = None  # χ1–χ4 [M, N, 4] rad, draws of the last proposal (None: no χ head)
 
     @property
     def device(self) -> torch.device:

@@ -173,9 +173,10 @@ class Guard:
             return BAD_ROTATION
         return None
 
-    def raw_valid(self, positions: np.ndarray) -> bool:
-        """Whether a mapped proposal ``[n_atoms, 3]`` nm is valid by ``starmd validate``'s criteria."""
-        return self.scorer.failure(positions) is None
+    def raw_failure(self, positions: np.ndarray) -> str | None:
+        """``None`` when a mapped proposal ``[n_atoms, 3]`` nm is valid by ``starmd validate``'s criteria, else
+        the first failed check (:data:`CA_BREAK`, :data:`CA_CLASH` or :data:`HEAVY_CLASH`)."""
+        return self.scorer.failure(positions)
 
     def check_target(self, positions: np.ndarray) -> str | None:
         """Screen the mapped all-atom target ``[n_atoms, 3]`` nm before OpenMM sees it."""

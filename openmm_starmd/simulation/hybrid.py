@@ -301,8 +301,13 @@ class StarMDSimulation(app.Simulation):
                 target = self.atom_map.move_atoms(protein, old, (rot.cpu(), trans.cpu()))
                 if self.side_chains is not None:  # χ drawn with the proposal
                     target = self.side_chains.place(target, self.proposer.proposal_chi())
-                stats.raw_valid += self.guard.raw_valid(target)
+                failure = self.guard.raw_failure(target)
+                stats.raw_valid += failure is None
                 reason = self.guard.check_target(target)
+            else:
+                failure = reason
+            if failure is not None:
+                stats.raw_failures[failure] += 1
             if reason is None:
                 start = time.perf_counter()
                 settings = self.relax_settings

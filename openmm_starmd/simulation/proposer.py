@@ -80,7 +80,8 @@ class Proposer(ABC):
         return False
 
     def proposal_chi(self) -> torch.Tensor | None:
-        """χ1–χ4 ``[N, 4]`` (rad) drawn with the last ``propose``, or None: side chains move rigidly."""
+        """χ1–χ4 ``[M, N, 4]`` (rad), M draws with the last ``propose`` (the first is the draw, the others
+        alternatives for side chains it would overlap), or None: side chains move rigidly."""
         return None
 
     def set_temperature(self, temperature_k: float) -> None:  # noqa: B027 - temperature-blind default

@@ -10,9 +10,12 @@ Torsions whose far side is not a tree hanging off atom3 inside its own residue a
 (the ring closes onto N), and any side chain bonded to another residue (a disulfide, a cross-link).
 
 χ is drawn per residue, blind to the neighbours' draws, so two packed side chains (chignolin's Tyr2 and
-Trp9) can be turned into each other. :meth:`SideChains.place` therefore keeps a residue's draw only
-where it adds no heavy-atom overlap (closer than ``clash_nm``, more than three bonds apart) that the
-rigidly moved structure did not have; otherwise that residue keeps its rigidly moved side chain.
+Trp9) can be turned into each other. The model therefore gives M independent draws per proposal, and
+:meth:`SideChains.place` sets the first, then turns every residue whose side chain overlaps a heavy atom
+(closer than ``clash_nm``, more than three bonds apart) to its next draw, and so on through the M draws:
+each residue ends on the first of its draws that fits among the others, a draw from the model's own χ
+distribution. A residue that still adds an overlap the rigidly moved structure did not have keeps its
+rigidly moved side chain.
 """
 
 from __future__ import annotations
@@ -152,16 +155,36 @@ class SideChains:
             x[atoms] = rotate_about_axis(x[atoms], origin, axis, delta[owner])
         return x.numpy()
 
+    def _clashes(self, x: np.ndarray, clash_nm: float, before: np.ndarray | None = None) -> np.ndarray:
+        """Residues (sorted, unique) whose turned heavy atoms overlap another heavy atom in ``x`` ``[n_atoms, 3]``
+        nm (closer than ``clash_nm``, more than three bonds apart); with ``before``, only overlaps that
+        ``before`` did not have."""
+        heavy = np.flatnonzero(self._heavy)
+        pairs = cKDTree(x[heavy]).query_pairs(clash_nm, output_type="ndarray")
+        a, b = heavy[pairs[:, 0]], heavy[pairs[:, 1]]
+        if before is not None:
+            # bonded neighbours were as close before, so this cheap test drops them before the bond lookup
+            new = np.linalg.norm(before[a] - before[b], axis=-1) >= clash_nm
+            a, b = a[new], b[new]
+        if len(a):
+            far = ~np.asarray(self._near[a, b]).ravel()
+            a, b = a[far], b[far]
+        residues = np.unique(np.concatenate([self._owner_residue[a], self._owner_residue[b]]))
+        return residues[residues >= 0]
+
     def place(self, positions: Any, chi: torch.Tensor | None, clash_nm: float = HEAVY_CLASH_NM) -> np.ndarray:
-        """:meth:`set_chi`, undone for every residue whose turned heavy atoms then overlap another heavy
-        atom (closer than ``clash_nm`` nm, more than three bonds apart) that they did not overlap before.
+        """Side chains set to the first of the M χ draws that fits: :meth:`set_chi` with draw 0, then every
+        residue whose turned heavy atoms overlap another heavy atom (closer than ``clash_nm`` nm, more than
+        three bonds apart) is turned to its next draw, through draw M − 1; last, every residue that still adds
+        an overlap the rigidly moved ``positions`` did not have gets its rigidly moved side chain back.
 
         Parameters
         ----------
         positions
             ``[n_atoms, 3]`` nm, the rigidly moved structure.
         chi
-            ``[N, 4]`` rad, or None (positions returned unchanged).
+            ``[M, N, 4]`` rad (M draws, in order of preference) or ``[N, 4]`` (one draw), or None
+            (positions returned unchanged).
         clash_nm
             Overlap distance, nm (default: ``starmd validate``'s heavy-atom clash).
 
@@ -171,19 +194,20 @@ class SideChains:
             ``[n_atoms, 3]`` nm, float64.
         """
         before = np.asarray(positions, dtype=np.float64)
-        after = self.set_chi(before, chi)
-        heavy = np.flatnonzero(self._heavy)
+        if chi is None:
+            return before.copy()
+        draws = torch.as_tensor(chi, device="cpu")
+        draws = draws[None] if draws.ndim == 2 else draws
+        after = self.set_chi(before, draws[0])
+        for m in range(1, len(draws)):
+            residues = self._clashes(after, clash_nm)
+            if len(residues) == 0:
+                break
+            redraw = np.zeros(self.mask.shape, dtype=bool)
+            redraw[residues] = True
+            after = self.set_chi(after, draws[m], redraw)
         while True:  # undoing one residue can expose another's draw to the old side chain: repeat until clean
-            pairs = cKDTree(after[heavy]).query_pairs(clash_nm, output_type="ndarray")
-            a, b = heavy[pairs[:, 0]], heavy[pairs[:, 1]]
-            # bonded neighbours were as close before, so this cheap test drops them before the bond lookup
-            new = np.linalg.norm(before[a] - before[b], axis=-1) >= clash_nm
-            a, b = a[new], b[new]
-            if len(a):
-                far = ~np.asarray(self._near[a, b]).ravel()
-                a, b = a[far], b[far]
-            residues = np.unique(np.concatenate([self._owner_residue[a], self._owner_residue[b]]))
-            residues = residues[residues >= 0]
+            residues = self._clashes(after, clash_nm, before)
             moved = np.isin(self._owner_residue, residues) & np.any(after != before, axis=-1)
             if not moved.any():
                 return after

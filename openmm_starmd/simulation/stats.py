@@ -11,8 +11,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 from typing import Any
 
-from openmm_starmd.simulation.guards import REASONS
+from openmm_starmd.simulation.guards import BAD_ROTATION, CA_BREAK, CA_CLASH, HEAVY_CLASH, NONFINITE_PROPOSAL, REASONS
 from openmm_starmd.units import ns_per_day
+
+# why a raw proposal was invalid: frames that could not be mapped to atoms, or the first failed validity check
+RAW_FAILURES = (NONFINITE_PROPOSAL, BAD_ROTATION, CA_BREAK, CA_CLASH, HEAVY_CLASH)
 
 
 @dataclass
@@ -29,6 +32,9 @@ class CycleStats:
         Raw proposals drawn from the proposer.
     raw_valid
         Of those, how many were valid (no CA break, no clash) when mapped to atoms.
+    raw_failures
+        The others by cause (keys :data:`RAW_FAILURES`): frames not mappable to atoms (non-finite, not
+        rotations), else the first failed check (a CA–CA break, then a CA clash, then a heavy-atom clash).
     cycles
         Completed cycles (1 for a completed cycle's stats).
     model_s, openmm_s, wall_s
@@ -39,6 +45,7 @@ class CycleStats:
     halvings: int = 0
     proposals: int = 0
     raw_valid: int = 0
+    raw_failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RAW_FAILURES, 0))
     cycles: int = 0
     model_s: float = 0.0
     openmm_s: float = 0.0
@@ -52,19 +59,22 @@ class CycleStats:
         """Add ``other``'s counters to these."""
         for key, value in other.rejections.items():
             self.rejections[key] = self.rejections.get(key, 0) + value
+        for key, value in other.raw_failures.items():
+            self.raw_failures[key] = self.raw_failures.get(key, 0) + value
         for name in ("halvings", "proposals", "raw_valid", "cycles", "model_s", "openmm_s", "wall_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (for checkpoints)."""
-        return {f.name: (dict(getattr(self, f.name)) if f.name == "rejections" else getattr(self, f.name))
-                for f in fields(self)}
+        return {f.name: (dict(getattr(self, f.name)) if f.name in ("rejections", "raw_failures")
+                         else getattr(self, f.name)) for f in fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CycleStats:
         """Inverse of :meth:`to_dict`; missing counters (older checkpoints) are 0."""
         stats = cls()
         stats.rejections.update(data.get("rejections", {}))
+        stats.raw_failures.update(data.get("raw_failures", {}))
         for name in ("halvings", "proposals", "raw_valid", "cycles"):
             setattr(stats, name, int(data.get(name, 0)))
         for name in ("model_s", "openmm_s", "wall_s"):
@@ -72,10 +82,12 @@ class CycleStats:
         return stats
 
     def validity(self) -> dict[str, float | int]:
-        """Raw proposals, their valid share, and the share of proposals the guards rejected."""
+        """Raw proposals, their valid share, the invalid ones by first failed check, and the share of proposals
+        the guards rejected."""
         n = max(self.proposals, 1)
         return {"raw_proposals": self.proposals, "raw_valid": self.raw_valid,
                 "raw_valid_fraction": self.raw_valid / n if self.proposals else float("nan"),
+                "raw_failures": dict(self.raw_failures),
                 "rejections": self.num_rejections,
                 "rejection_rate": self.num_rejections / n if self.proposals else float("nan")}
 
