@@ -135,7 +135,8 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=4, help="windows per step and rank (default 4)")
     p.add_argument("--lr", type=float, default=3e-4, help="peak learning rate (default 3e-4)")
     p.add_argument("--warmup", type=int, default=100, help="warm-up steps (default 100)")
-    p.add_argument("--window", type=int, help="frames per training window K (default: the preset's)")
+    p.add_argument("--window", type=int, help="frames per training window K, also the history the model attends "
+                   "to (default: the preset's, or with --init the checkpoint's)")
     p.add_argument("--val-fraction", type=float, default=0.1,
                    help="last fraction of each trajectory held out for validation (default 0.1)")
     p.add_argument("--val-systems", metavar="NAME[,NAME...]", default="",

@@ -159,9 +159,13 @@ def test_cli_init_keeps_the_checkpoint_config_and_rejects_conflicts(atlas, tmp_p
     init = json.loads((tuned / "model.json").read_text())["metadata"]["init"]
     assert init["path"] == str(base.resolve()) and init["step"] == 2
     assert json.loads((tuned / "train" / "state.json").read_text())["record"]["init"] == init
+    # --window changes the history of the fine-tuned model (its weights do not depend on it)
+    shorter = tmp_path / "shorter"
+    assert main(["train", str(atlas), "-o", str(shorter), "--init", str(base), "--window", "2", *common]) == 0
+    assert load_model(shorter)[1] == preset("tiny", window=2)
     capsys.readouterr()
     for extra, message in ((["--init", "default", "--preset", "tiny"], "--preset tiny contradicts"),
-                           (["--init", str(base), "--window", "4"], "--window 4 contradicts"),
+                           (["--init", str(base), "--window", "1"], "window must be at least 2"),
                            (["--init", str(tmp_path / "missing")], "missing not found: give a STAR-MD")):
         assert main(["train", str(atlas), "-o", str(tmp_path / "bad"), *extra, *common]) == 2
         err = capsys.readouterr().err

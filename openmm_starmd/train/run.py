@@ -96,7 +96,8 @@ def initial_model(init: str | Path, preset_name: str | None, window: int | None
     init
         ``"default"`` (the model shipped with the package) or a model folder written by ``starmd train``.
     preset_name, window
-        What the user asked for, if anything: an error when it contradicts the checkpoint's config.
+        What the user asked for, if anything: a preset that contradicts the checkpoint's config is an
+        error; a window replaces the checkpoint's (the frames of history trained on and attended to).
 
     Returns
     -------
@@ -114,8 +115,9 @@ def initial_model(init: str | Path, preset_name: str | None, window: int | None
         raise StarMDError(f"--preset {preset_name} contradicts the model of --init {init}, whose config is used "
                           "as saved: drop --preset")
     if window is not None and window != config.window:
-        raise StarMDError(f"--window {window} contradicts the model of --init {init} (window {config.window}): "
-                          "drop --window")
+        # No weight depends on the window (time enters through rotary phases and the Δt embedding), so a
+        # fine-tuned model may attend to a shorter or longer history than its parent.
+        config = config.replace(window=window)
     weights = load_tensors(folder / WEIGHTS_NAME)
     record = {"path": str(init) if str(init) == DEFAULT_MODEL else str(folder.resolve()),
               "step": info.get("metadata", {}).get("step"),
