@@ -55,9 +55,9 @@ from openmm_starmd.units import format_time, ns_per_day, parse_time
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_fidelity import json_safe, model_sha256  # sibling benchmark script, not a package
+from frontier_report import CHIGNOLIN, fmt, goals, markdown
 
 PRESET = "implicit-fast"
-CHIGNOLIN = "CLN025"
 MODEL_S_PER_JUMP = 0.3  # small preset, 20 sampler steps, one CPU thread (README); estimate only
 ANALYSIS_S = 15.0       # size-matched comparison and energies of one row; estimate only
 MIN_CPU_JUMPS = 5       # fewest jumps run in this session for a CPU-time speed
@@ -241,98 +241,6 @@ def run_row(folder: Path, work: Path, jump_ps: float, relax: RelaxSettings, tau:
     return row
 
 
-def _num(value) -> float:
-    return float("nan") if value is None else float(value)
-
-
-def _check(value: float, ok: bool) -> dict:
-    return {"value": value, "met": bool(ok) if math.isfinite(value) else False}
-
-
-def goals(rows: list[dict]) -> dict:
-    """Issue-13 goals of one setting's rows (size-matched ratios: generated / MD)."""
-    out: dict = {}
-    for r in rows:
-        if r["system"] != CHIGNOLIN or "size_matched" not in r:
-            continue
-        ratio, gen = r["size_matched"]["ratio"], r["size_matched"]["generated"]
-        raw = [r["run"]["raw_valid_fraction"]] if "raw_valid_fraction" in r["run"] else []
-        out["chignolin"] = {
-            "speedup >= 100 (wall clock)": _check(_num(r["speedup"]), _num(r["speedup"]) >= 100),
-            "speedup >= 100 (CPU time)": _check(_num(r.get("speedup_cpu")), _num(r.get("speedup_cpu")) >= 100),
-            "PC JSD <= 1.5x floor": _check(_num(ratio.get("pc_jsd")), _num(ratio.get("pc_jsd")) <= 1.5),
-            "phi/psi JSD <= 1.5x floor": _check(_num(ratio.get("torsion_jsd")), _num(ratio.get("torsion_jsd")) <= 1.5),
-            "chi1 JSD <= 1.5x floor": _check(_num(ratio.get("chi1_jsd")), _num(ratio.get("chi1_jsd")) <= 1.5),
-            "RMSF r >= 0.8": _check(_num(gen.get("rmsf_pearson_r")), _num(gen.get("rmsf_pearson_r")) >= 0.8),
-            "energy sd ratio 0.8-1.25": _check(_num(gen.get("energy_sd_ratio")),
-                                               0.8 <= _num(gen.get("energy_sd_ratio")) <= 1.25),
-            "raw validity >= 90%": _check(_num(raw[0]) if raw else float("nan"), bool(raw) and _num(raw[0]) >= 0.9),
-        }
-    tetra = [r for r in rows if r["system"] != CHIGNOLIN and "size_matched" in r]
-    if tetra:
-        gen = float(np.nanmean([_num(r["size_matched"]["generated"].get("torsion_jsd")) for r in tetra]))
-        floor = float(np.nanmean([_num(r["size_matched"]["md"].get("torsion_jsd")) for r in tetra]))
-        # τ from N frames is biased low (MD's own N-frame τ is far below the long reference's), so the
-        # hybrid's τ is compared with the size-matched MD sample's, as every other metric is.
-        taus = [_num(r["size_matched"]["ratio"].get("decorrelation_ratio")) for r in tetra]
-        within = sum(1 for t in taus if 0.5 <= t <= 2.0)
-        speed = [_num(r["speedup"]) for r in tetra]
-        speed_cpu = [_num(r.get("speedup_cpu")) for r in tetra]
-        lowest_cpu = float(np.nanmin(speed_cpu)) if np.isfinite(speed_cpu).any() else float("nan")
-        out["tetrapeptides"] = {
-            "systems": len(tetra),
-            "min speedup >= 100 (wall clock)": _check(float(np.nanmin(speed)), float(np.nanmin(speed)) >= 100),
-            "min speedup >= 100 (CPU time)": _check(lowest_cpu, lowest_cpu >= 100),
-            "mean phi/psi JSD <= 1.5x floor": _check(gen / floor if floor > 0 else float("nan"), gen <= 1.5 * floor),
-            "TIC1 decorrelation time within 2x of size-matched MD (systems within)": {
-                "value": within, "of": len(tetra), "met": within == len(tetra),
-                "resolved_by_jump": sum(bool(r["size_matched"]["target"].get("decorrelation_resolved"))
-                                        for r in tetra)},
-        }
-    return out
-
-
-def _f(value, digits: int = 3) -> str:
-    value = _num(value) if not isinstance(value, str) else value
-    return value if isinstance(value, str) else ("n/a" if not math.isfinite(value) else f"{value:.{digits}f}")
-
-
-def markdown(result: dict) -> str:
-    pairs = (("torsion_jsd", "φ/ψ JSD"), ("chi1_jsd", "χ1 JSD"), ("pc_jsd", "PC JSD"),
-             ("rmsf_pearson_r", "RMSF r"), ("decorrelation_ratio", "TIC1 τ ratio"), ("energy_ks", "energy KS"),
-             ("energy_sd_ratio", "energy sd ratio"))
-    lines = ["# Speed-fidelity frontier", "", result["header"], "",
-             "| System | Jump | Relax | ctx τ | Frames | Hybrid ns/day | MD ns/day | Speed-up | Speed-up (CPU time) | "
-             + " | ".join(f"{label} gen / MD" for _, label in pairs)
-             + " | Raw valid | Rejection rate | Relaxed valid |",
-             "|---" * (12 + len(pairs)) + "|"]
-    for r in result["rows"]:
-        s = r.get("size_matched", {"generated": {}, "md": {}})
-        raw = [r["run"]["raw_valid_fraction"]] if "raw_valid_fraction" in r["run"] else []
-        cells = " | ".join(f"{_f(s['generated'].get(k))} / {_f(s['md'].get(k))}" for k, _ in pairs)
-        lines.append(f"| {r['system']} | {format_time(r['jump_ps'])} | {r['relax']} | "
-                     f"{_f(r['ctx_tau_inference'], 2) if r['ctx_tau_inference'] is not None else 'model'} | "
-                     f"{r['frames']} | {_f(r['hybrid'].get('ns_per_day'), 0)} | {_f(r['md']['ns_per_day'], 0)} | "
-                     f"{_f(r['speedup'], 1)} | {_f(r.get('speedup_cpu'), 1)} | {cells} | "
-                     f"{_f(raw[0]) if raw else 'not recorded'} | {_f(r['run'].get('rejection_rate'))} | "
-                     f"{_f(r.get('relaxed_valid_fraction'))} |")
-    lines += ["", "Speed-up: hybrid ns/day (the run's cycle clock) over plain OpenMM ns/day (harmonic mean of runs "
-              "just before and after); CPU time: the same with this process's CPU seconds (the hybrid's set-up "
-              "included), which a shared machine's load does not inflate. Size-matched: N generated frames and N "
-              "evenly thinned frames of the reference's first halves, each against the reference's second halves "
-              "(all replicas); TIC1 τ ratio and energy sd ratio are relative to "
-              "those second halves. Energies recomputed from the saved frames of both sides (implicit-fast).", ""]
-    for setting, g in result["goals"].items():
-        lines += [f"## Goals at {setting}", "", "| Goal | Value | Met |", "|---|---|---|"]
-        for group, checks in g.items():
-            for name, c in checks.items():
-                if isinstance(c, dict):
-                    value = f"{c['value']} of {c['of']}" if "of" in c else _f(c["value"])
-                    lines.append(f"| {group}: {name} | {value} | {'yes' if c['met'] else 'no'} |")
-        lines.append("")
-    return "\n".join(lines)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", default="../shared/data/md",
@@ -400,8 +308,8 @@ def main() -> None:
                 md_row = row["md"].get("after", md_row)
             rows.append(row)
             sm = row.get("size_matched", {}).get("ratio", {})
-            print(f"  speed-up {_f(row['speedup'], 1)}x, φ/ψ {_f(sm.get('torsion_jsd'), 2)}x, χ1 "
-                  f"{_f(sm.get('chi1_jsd'), 2)}x, PC {_f(sm.get('pc_jsd'), 2)}x floor; row took "
+            print(f"  speed-up {fmt(row['speedup'], 1)}x, φ/ψ {fmt(sm.get('torsion_jsd'), 2)}x, χ1 "
+                  f"{fmt(sm.get('chi1_jsd'), 2)}x, PC {fmt(sm.get('pc_jsd'), 2)}x floor; row took "
                   f"{row.get('row_wall_s', float('nan')):.0f} s", flush=True)
         done_s = time.perf_counter() - start
         print(f"system {n_sys + 1}/{len(folders)} done, {done_s / 60:.1f} min so far", flush=True)
