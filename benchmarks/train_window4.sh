@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Experiment (not shipped; results/frontier_window4.md): fine-tunes the χ-head default (sha256 12eb2f0b…, commit 0931205) with 4-frame windows on the 2-core CPU.
+# Why 4 frames: a tetrapeptide reference of ../shared/data/md is 5 ns (500 frames of 10 ps), so 8-frame windows
+# reach at most 71 frames (0.71 ns) between frames and the model never saw a tetrapeptide 1 ns on; 4-frame
+# windows reach 1.5 ns in the 4.5 ns training part. The fine-tuned model attends to 4 frames of history.
+# Trajectories stay outside git; the training folder is assembled as in train_default_chi.sh.
+#
+#   SHARED=../shared/data/md MD=/work/md bash benchmarks/train_window4.sh OUT
+#
+# Inputs as train_default_chi.sh ($SHARED/*, $MD/cln/s101/CLN025, $MD/ehee/EHEE_rd3_0053); the five
+# tetrapeptides FIFI, HGDD, KPRY, NVRA, WWET stay held out as whole systems (never trained on).
+set -euo pipefail
+OUT=${1:?usage: train_window4.sh OUT}
+SHARED=${SHARED:-../shared/data/md}
+MD=${MD:-/work/md}
+DATA=$(mktemp -d)
+INIT=$(mktemp -d)
+for f in model.json model.safetensors; do git show "0931205:openmm_starmd/weights/$f" > "$INIT/$f"; done
+for system in "$SHARED"/*/; do ln -s "$(realpath "$system")" "$DATA/$(basename "$system")"; done
+mkdir "$DATA/CLN025s101"
+ln -s "$MD/cln/s101/CLN025/CLN025.pdb" "$DATA/CLN025s101/CLN025s101.pdb"
+ln -s "$MD/cln/s101/CLN025/CLN025_R1.xtc" "$DATA/CLN025s101/CLN025s101_R1.xtc"
+ln -s "$MD/cln/s101/CLN025/CLN025_R1.json" "$DATA/CLN025s101/CLN025s101_R1.json"
+ln -s "$(realpath "$MD/ehee/EHEE_rd3_0053")" "$DATA/EHEE_rd3_0053"
+OMP_NUM_THREADS=1 starmd train "$DATA" -o "$OUT" --init "$INIT" --window 4 --steps 3000 --batch-size 16 \
+    --lr 3e-4 --warmup 100 --val-every 250 --checkpoint-every 250 --val-systems FIFI,HGDD,KPRY,NVRA,WWET \
+    --seed 0 --device cpu --threads 1
