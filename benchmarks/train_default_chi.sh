@@ -21,13 +21,9 @@ SHARED=${SHARED:-../shared/data/md}
 MD=${MD:-/work/md}
 DATA=$(mktemp -d)
 INIT=$(mktemp -d)
-for f in model.json model.safetensors; do git show "9b9f5d5:openmm_starmd/weights/$f" > "$INIT/$f"; done
-for system in "$SHARED"/*/; do ln -s "$(realpath "$system")" "$DATA/$(basename "$system")"; done
-mkdir "$DATA/CLN025s101"
-ln -s "$MD/cln/s101/CLN025/CLN025.pdb" "$DATA/CLN025s101/CLN025s101.pdb"
-ln -s "$MD/cln/s101/CLN025/CLN025_R1.xtc" "$DATA/CLN025s101/CLN025s101_R1.xtc"
-ln -s "$MD/cln/s101/CLN025/CLN025_R1.json" "$DATA/CLN025s101/CLN025s101_R1.json"
-ln -s "$(realpath "$MD/ehee/EHEE_rd3_0053")" "$DATA/EHEE_rd3_0053"
+source "$(dirname "$0")/train_data.sh"
+parent_model "$INIT" 9b9f5d5
+train_data "$DATA"
 OMP_NUM_THREADS=1 starmd train "$DATA" -o "$OUT" --init "$INIT" --chi-head --steps 3000 --batch-size 16 \
     --lr 3e-4 --warmup 100 --val-every 250 --checkpoint-every 250 --val-systems FIFI,HGDD,KPRY,NVRA,WWET \
     --seed 0 --device cpu --threads 1
