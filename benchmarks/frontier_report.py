@@ -27,7 +27,7 @@ def tic1_check(row: dict) -> dict:
     The size-matched MD τ at the jump interval is a τ only when the reference's halves hold enough frames at
     that interval (``MIN_TAU_FRAMES``); a 5 ns tetrapeptide reference holds 2-3 frames 1 ns apart, from which
     no τ can be read. MD's τ is then its own at the reference's 10 ps frames (``native``). A τ twice MD's
-    leaves an autocorrelation of exp(-jump / 2 native) after one jump; N generated frames measure it to about
+    leaves an autocorrelation of exp(-jump / 2 native) after one jump; the N hybrid frames measure it to about
     2 / sqrt(N). The hybrid meets the goal when its autocorrelation after one jump is at most the sum, read as
     a τ by the same 1/e-crossing estimator (τ = jump (1 - 1/e) / (1 - C)), and never held to less than
     2 × native; where 2 × native exceeds one jump it must also be at least native / 2."""
@@ -41,7 +41,7 @@ def tic1_check(row: dict) -> dict:
         return {"rule": "size-matched MD τ", "gen_tau_ps": gen_tau, "md_tau_ps": _num(sm["md"].get("decorrelation_ps")),
                 "md_frames": md_frames, "ratio": ratio, "met": bool(0.5 <= ratio <= 2.0)}
     native, jump = _num(target.get("decorrelation_native_ps")), float(row["jump_ps"])
-    allowed = min(math.exp(-jump / (2.0 * native)) + 2.0 / math.sqrt(sm["frames"]), math.exp(-1.0))
+    allowed = min(math.exp(-jump / (2.0 * native)) + 2.0 / math.sqrt(row["frames"]), math.exp(-1.0))
     upper = max(jump * (1.0 - math.exp(-1.0)) / (1.0 - allowed), 2.0 * native)
     lower = native / 2.0 if 2.0 * native > jump else 0.0
     return {"rule": "MD τ at its own frames; hybrid's autocorrelation after one jump", "gen_tau_ps": gen_tau,
