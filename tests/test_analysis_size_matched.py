@@ -44,3 +44,15 @@ def test_pooled_replicas_and_too_few_frames(cln025_traj):
     assert result.frames == 40 and result.target["frames"] == 100 + 50
     with pytest.raises(StarMDError, match="at least"):
         size_matched([cln025_traj[:5]], [cln025_traj], dt_ps=10.0)
+
+
+def test_md_dynamics_frame_count_is_reported_and_flagged_when_too_few(cln025_traj):
+    from openmm_starmd.analysis.size_matched import MIN_DYNAMICS_FRAMES, size_matched_markdown
+
+    # generated frames 100 ps apart: the 150 first-half MD frames 10 ps apart give 15 at the common interval
+    sparse = size_matched([cln025_traj[::10]], [cln025_traj], dt_ps=100.0, reference_stride=10, lag_ps=100.0)
+    assert sparse.target["md_dynamics_frames"] == 15 < MIN_DYNAMICS_FRAMES
+    assert any("too few to measure" in line for line in size_matched_markdown(sparse))
+    dense = size_matched([cln025_traj[:150]], [cln025_traj], dt_ps=10.0, lag_ps=50.0)
+    assert dense.target["md_dynamics_frames"] == 150
+    assert not any("too few to measure" in line for line in size_matched_markdown(dense))

@@ -43,6 +43,9 @@ SIZE_MATCHED_METRICS: dict[str, tuple[str, str]] = {
     "energy_mean_shift_sd": ("Potential-energy mean shift (target sd)", "close to 0"),
 }
 MIN_FRAMES = 10
+# Fewer first-half MD frames than this at the common interval give no decorrelation time or rotamer rate
+# (a 5 ns reference holds 2-3 frames 1 ns apart); the report then says so instead of comparing with them.
+MIN_DYNAMICS_FRAMES = 20
 
 
 @dataclass
@@ -59,7 +62,9 @@ class SizeMatched:
         ``rotamer_rate_per_ns``).
     target
         Values of the target itself: ``decorrelation_ps``, ``rotamer_rate_per_ns``, ``frames``, and
-        energy mean and sd (kJ/mol) when energies were given.
+        energy mean and sd (kJ/mol) when energies were given; ``md_dynamics_frames``, the first-half MD
+        frames the MD side's decorrelation time and rotamer rate come from (below
+        :data:`MIN_DYNAMICS_FRAMES` they measure nothing).
     info
         Frame intervals, the TICA lag and how the halves were made.
     """
@@ -178,7 +183,8 @@ def size_matched(samples: Sequence[md.Trajectory], references: Sequence[md.Traje
         result["chi1_jsd"] = metrics["chi1_jsd"]
         result["rotamer_rate_per_ns"] = metrics["rotamer_rate_per_ns"]
         result["rotamer_rate_ratio"] = metrics["rotamer_rate_ratio"]
-    target = {"frames": sum(t.n_frames for t in seconds), "decorrelation_ps": target_tau,
+    target = {"frames": sum(t.n_frames for t in seconds), "md_dynamics_frames": sum(t.n_frames for t in dyn_md),
+              "decorrelation_ps": target_tau,
               "decorrelation_native_ps": native_tau, "decorrelation_resolved": bool(native_tau >= step),
               "rotamer_rate_per_ns": float(np.nanmean(side_at_dt.rates_per_ns))
               if np.isfinite(side_at_dt.rates_per_ns).any() else float("nan"),
@@ -223,6 +229,11 @@ def size_matched_markdown(result: SizeMatched) -> list[str]:
                  " (shorter than one common-interval frame: the decorrelation ratios cannot resolve it)")
               + f"; χ1 rotamer transitions {_cell(t.get('rotamer_rate_per_ns'), 2)} per residue per ns at the common "
               f"interval ({_cell(t.get('rotamer_rate_native_per_ns'), 2)} at the reference's own)."]
+    md_frames = t.get("md_dynamics_frames")
+    if md_frames is not None and md_frames < MIN_DYNAMICS_FRAMES:
+        lines.append(f"The MD side's decorrelation time and rotamer rate come from {md_frames} first-half frames at "
+                     "the common interval, too few to measure either: compare the generated values with the "
+                     "target's (a longer reference fixes this).")
     return lines
 
 
