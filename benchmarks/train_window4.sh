@@ -1,5 +1,6 @@
 #!/usr/bin/env bash
-# Experiment (not shipped; results/frontier_window4.md): fine-tunes the χ-head default (sha256 12eb2f0b…, commit 0931205) with 4-frame windows on the 2-core CPU.
+# Experiment (not shipped; results/frontier_window4.md): fine-tunes the χ-head default (sha256 12eb2f0b…,
+# commit 0931205) with 4-frame windows on the 2-core CPU.
 # Why 4 frames: a tetrapeptide reference of ../shared/data/md is 5 ns (500 frames of 10 ps), so 8-frame windows
 # reach at most 71 frames (0.71 ns) between frames and the model never saw a tetrapeptide 1 ns on; 4-frame
 # windows reach 1.5 ns in the 4.5 ns training part. The fine-tuned model attends to 4 frames of history.
