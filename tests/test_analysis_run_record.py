@@ -19,6 +19,9 @@ def test_summary_of_a_record_with_and_without_raw_validity(tmp_path):
     s = run_summary(new)
     assert s["raw_valid_fraction"] == 0.875 and s["raw_proposals"] == 104.0
     assert s["rejection_rate"] == 0.125  # the simulator's own count wins
+    causes = {"nonfinite_proposal": 0, "bad_rotation": 0, "ca_break": 2, "ca_clash": 0, "heavy_clash": 11}
+    s = run_summary({**new, "validity": {**new["validity"], "raw_failures": causes}})
+    assert s["raw_failures"] == causes and s["raw_valid_fraction"] == 0.875
 
 
 def test_record_is_found_beside_the_trajectory_and_bad_records_are_refused(tmp_path):

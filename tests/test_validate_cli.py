@@ -68,7 +68,8 @@ def test_validate_run_folder_with_energies_and_side_chains(tmp_path, capsys):
     md.load(REF, top=TOP)[100::4].save_xtc(str(run / "traj.xtc"))  # 50 frames, 40 ps apart
     (run / "run.json").write_text(json.dumps({
         "jumps_done": 50, "rejections": {"ca_clash": 5}, "status": "complete",
-        "validity": {"raw_proposals": 55, "raw_valid": 44, "raw_valid_fraction": 0.8, "rejection_rate": 5 / 55}}))
+        "validity": {"raw_proposals": 55, "raw_valid": 44, "raw_valid_fraction": 0.8, "rejection_rate": 5 / 55,
+                     "raw_failures": {"ca_break": 1, "heavy_clash": 10}}}))
     out = tmp_path / "report"
     rc = main(["validate", str(run / "traj.xtc"), "--ref", REF, "--top", TOP, "--out", str(out), "--lag", "40ps",
                "--forcefield", "implicit-fast"])
@@ -85,7 +86,9 @@ def test_validate_run_folder_with_energies_and_side_chains(tmp_path, capsys):
     sized = data["size_matched"]
     assert sized["frames"] == 50 and sized["generated"]["energy_ks"] is not None
     assert data["run"]["raw_valid_fraction"] == 0.8 and data["run"]["relaxed_valid_fraction"] == 1.0
+    assert data["run"]["raw_failures"] == {"ca_break": 1, "heavy_clash": 10}
     report = (out / "report.md").read_text()
+    assert "| invalid raw proposals by cause | ca_break 1, heavy_clash 10 |" in report
     for heading in ("## Side chains per residue", "## Size-matched comparison", "## Potential energy",
                     "## Hybrid run record"):
         assert heading in report, heading

@@ -262,10 +262,13 @@ def _energy_markdown(energy: dict) -> list[str]:
 def _run_markdown(run: dict) -> list[str]:
     lines = ["", "## Hybrid run record", "", f"Record: {run['record']}.", "", "| Quantity | Value |", "|---|---|"]
     for key, value in run.items():
-        if key not in ("record", "rejections"):
+        if key not in ("record", "rejections", "raw_failures"):
             lines.append(f"| {key} | {_fmt(value) if isinstance(value, float) else value} |")
     if "rejections" in run:
         lines.append(f"| rejections by reason | {', '.join(f'{k} {v}' for k, v in run['rejections'].items())} |")
+    if "raw_failures" in run:
+        lines.append(f"| invalid raw proposals by cause | "
+                     f"{', '.join(f'{k} {v}' for k, v in run['raw_failures'].items())} |")
     if not any("raw" in key for key in run):
         lines += ["", "This record holds no raw (pre-guard) validity: only the relaxed frames' validity is known."]
     return lines

@@ -46,12 +46,14 @@ def load_run_record(path: str | os.PathLike) -> dict:
     return record
 
 
-def _raw_fields(record: dict) -> dict[str, float]:
+def _raw_fields(record: dict) -> dict[str, object]:
     """Every number whose key starts with ``raw_`` (at any depth: the simulator keeps them under
-    ``validity``), by its own key."""
-    out: dict[str, float] = {}
+    ``validity``), by its own key, and ``raw_failures`` (invalid raw proposals by cause) as a dict."""
+    out: dict[str, object] = {}
     for key, value in record.items():
-        if isinstance(value, dict):
+        if key == "raw_failures" and isinstance(value, dict):
+            out[key] = {str(k): int(v) for k, v in value.items() if isinstance(v, (int, float))}
+        elif isinstance(value, dict):
             out.update(_raw_fields(value))
         elif str(key).startswith("raw_") and isinstance(value, (int, float)) and not isinstance(value, bool):
             out[str(key)] = float(value)
@@ -67,8 +69,8 @@ def run_summary(record: dict) -> dict[str, object]:
         ``jumps_done``, ``rejected_proposals`` (all reasons), ``rejections`` (by reason),
         ``proposals`` (accepted jumps + rejected proposals), ``rejection_rate`` (rejected / proposals),
         ``halvings``, ``status``, and every raw-validity number the record holds (``raw_valid_fraction``,
-        ``raw_proposals``, ... as the simulator names them). A record's own ``validity.rejection_rate``
-        (rejected / raw proposals) replaces the estimate from the counts.
+        ``raw_proposals``, ... as the simulator names them; ``raw_failures`` by cause). A record's own
+        ``validity.rejection_rate`` (rejected / raw proposals) replaces the estimate from the counts.
     """
     out: dict[str, object] = {}
     jumps = record.get("jumps_done")
