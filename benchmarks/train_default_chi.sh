@@ -17,13 +17,5 @@
 # The five tetrapeptides FIFI, HGDD, KPRY, NVRA, WWET are held out as whole systems (never trained on).
 set -euo pipefail
 OUT=${1:?usage: train_default_chi.sh OUT}
-SHARED=${SHARED:-../shared/data/md}
-MD=${MD:-/work/md}
-DATA=$(mktemp -d)
-INIT=$(mktemp -d)
 source "$(dirname "$0")/train_data.sh"
-parent_model "$INIT" 9b9f5d5
-train_data "$DATA"
-OMP_NUM_THREADS=1 starmd train "$DATA" -o "$OUT" --init "$INIT" --chi-head --steps 3000 --batch-size 16 \
-    --lr 3e-4 --warmup 100 --val-every 250 --checkpoint-every 250 --val-systems FIFI,HGDD,KPRY,NVRA,WWET \
-    --seed 0 --device cpu --threads 1
+fine_tune 9b9f5d5 "$OUT" --chi-head --steps 3000

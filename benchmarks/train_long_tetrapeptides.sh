@@ -14,16 +14,7 @@
 # Other inputs as train_default_chi.sh; FIFI, HGDD, KPRY, NVRA, WWET stay held out as whole systems.
 set -euo pipefail
 OUT=${1:?usage: train_long_tetrapeptides.sh OUT}
-SHARED=${SHARED:-../shared/data/md}
-MD=${MD:-/work/md}
 CORPUS=${CORPUS:?set CORPUS to the starmd md output of the four peptides}
 STEPS=${STEPS:-2500}
-DATA=$(mktemp -d)
-INIT=$(mktemp -d)
 source "$(dirname "$0")/train_data.sh"
-parent_model "$INIT" 0931205
-train_data "$DATA"
-for name in ADLK GWTE KMFS; do ln -s "$(realpath "$CORPUS/$name")" "$DATA/$name"; done
-OMP_NUM_THREADS=1 starmd train "$DATA" -o "$OUT" --init "$INIT" --steps "$STEPS" --batch-size 16 \
-    --lr 3e-4 --warmup 100 --val-every 250 --checkpoint-every 250 --val-systems FIFI,HGDD,KPRY,NVRA,WWET \
-    --seed 0 --device cpu --threads 1
+EXTRA_SYSTEMS="$CORPUS/ADLK $CORPUS/GWTE $CORPUS/KMFS" fine_tune 0931205 "$OUT" --steps "$STEPS"

@@ -12,13 +12,5 @@
 # tetrapeptides FIFI, HGDD, KPRY, NVRA, WWET stay held out as whole systems (never trained on).
 set -euo pipefail
 OUT=${1:?usage: train_window4.sh OUT}
-SHARED=${SHARED:-../shared/data/md}
-MD=${MD:-/work/md}
-DATA=$(mktemp -d)
-INIT=$(mktemp -d)
 source "$(dirname "$0")/train_data.sh"
-parent_model "$INIT" 0931205
-train_data "$DATA"
-OMP_NUM_THREADS=1 starmd train "$DATA" -o "$OUT" --init "$INIT" --window 4 --steps 3000 --batch-size 16 \
-    --lr 3e-4 --warmup 100 --val-every 250 --checkpoint-every 250 --val-systems FIFI,HGDD,KPRY,NVRA,WWET \
-    --seed 0 --device cpu --threads 1
+fine_tune 0931205 "$OUT" --window 4 --steps 3000
