@@ -16,6 +16,7 @@ from openmm_starmd.units import ns_per_day
 
 # why a raw proposal was invalid: frames that could not be mapped to atoms, or the first failed validity check
 RAW_FAILURES = (NONFINITE_PROPOSAL, BAD_ROTATION, CA_BREAK, CA_CLASH, HEAVY_CLASH)
+_BY_REASON = ("rejections", "raw_failures")  # the counters keyed by reason (dicts); the others are numbers
 
 
 @dataclass
@@ -57,24 +58,24 @@ class CycleStats:
 
     def add(self, other: CycleStats) -> None:
         """Add ``other``'s counters to these."""
-        for key, value in other.rejections.items():
-            self.rejections[key] = self.rejections.get(key, 0) + value
-        for key, value in other.raw_failures.items():
-            self.raw_failures[key] = self.raw_failures.get(key, 0) + value
+        for name in _BY_REASON:
+            mine = getattr(self, name)
+            for key, value in getattr(other, name).items():
+                mine[key] = mine.get(key, 0) + value
         for name in ("halvings", "proposals", "raw_valid", "cycles", "model_s", "openmm_s", "wall_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-ready values (for checkpoints)."""
-        return {f.name: (dict(getattr(self, f.name)) if f.name in ("rejections", "raw_failures")
-                         else getattr(self, f.name)) for f in fields(self)}
+        return {f.name: (dict(getattr(self, f.name)) if f.name in _BY_REASON else getattr(self, f.name))
+                for f in fields(self)}
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> CycleStats:
         """Inverse of :meth:`to_dict`; missing counters (older checkpoints) are 0."""
         stats = cls()
-        stats.rejections.update(data.get("rejections", {}))
-        stats.raw_failures.update(data.get("raw_failures", {}))
+        for name in _BY_REASON:
+            getattr(stats, name).update(data.get(name, {}))
         for name in ("halvings", "proposals", "raw_valid", "cycles"):
             setattr(stats, name, int(data.get(name, 0)))
         for name in ("model_s", "openmm_s", "wall_s"):
