@@ -6,11 +6,10 @@ import math
 
 import numpy as np
 
+from openmm_starmd.analysis.size_matched import MIN_DYNAMICS_FRAMES
 from openmm_starmd.units import format_time
 
 CHIGNOLIN = "CLN025"
-
-MIN_TAU_FRAMES = 20  # reference frames at the jump interval below which no MD τ is read at that interval
 
 
 def _num(value) -> float:
@@ -25,18 +24,19 @@ def tic1_check(row: dict) -> dict:
     """Whether the hybrid's TIC1 decorrelation time is within 2x of MD's, judged where it can be measured.
 
     The size-matched MD τ at the jump interval is a τ only when the reference's halves hold enough frames at
-    that interval (``MIN_TAU_FRAMES``); a 5 ns tetrapeptide reference holds 2-3 frames 1 ns apart, from which
-    no τ can be read. MD's τ is then its own at the reference's 10 ps frames (``native``). A τ twice MD's
-    leaves an autocorrelation of exp(-jump / 2 native) after one jump; the N hybrid frames measure it to about
-    2 / sqrt(N). The hybrid meets the goal when its autocorrelation after one jump is at most the sum, read as
-    a τ by the same 1/e-crossing estimator (τ = jump (1 - 1/e) / (1 - C)), and never held to less than
-    2 × native; where 2 × native exceeds one jump it must also be at least native / 2."""
+    that interval (``MIN_DYNAMICS_FRAMES``, below which ``starmd validate`` says so too); a 5 ns tetrapeptide
+    reference holds 2-3 frames 1 ns apart, from which no τ can be read. MD's τ is then its own at the
+    reference's 10 ps frames (``native``). A τ twice MD's leaves an autocorrelation of exp(-jump / 2 native)
+    after one jump; the N hybrid frames measure it to about 2 / sqrt(N). The hybrid meets the goal when its
+    autocorrelation after one jump is at most the sum, read as a τ by the same 1/e-crossing estimator
+    (τ = jump (1 - 1/e) / (1 - C)), and never held to less than 2 × native; where 2 × native exceeds one jump
+    it must also be at least native / 2."""
     sm = row["size_matched"]
     gen_tau = _num(sm["generated"].get("decorrelation_ps"))
     info, target = sm["info"], sm["target"]
     dt, ref_frame = _num(info.get("dynamics_dt_ps")), _num(info.get("reference_frame_ps"))
     md_frames = target["frames"] * ref_frame / dt if dt > 0 else float("nan")  # first halves ≈ second halves
-    if md_frames >= MIN_TAU_FRAMES:
+    if md_frames >= MIN_DYNAMICS_FRAMES:
         ratio = _num(sm["ratio"].get("decorrelation_ratio"))
         return {"rule": "size-matched MD τ", "gen_tau_ps": gen_tau, "md_tau_ps": _num(sm["md"].get("decorrelation_ps")),
                 "md_frames": md_frames, "ratio": ratio, "met": bool(0.5 <= ratio <= 2.0)}
