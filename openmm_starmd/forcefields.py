@@ -201,6 +201,13 @@ def stable_timestep_ps(system: openmm.System) -> float:
     return 0.004 if hydrogens and min(hydrogens) >= 1.4 else 0.002
 
 
+def openmm_seed(seed: int) -> int:
+    """``seed`` as an OpenMM random-number seed: OpenMM reads 0 as "pick one at random", so 0 (and any multiple of
+    2**31) becomes 2**31 − 1 and a run seeded 0 reproduces like any other."""
+    value = int(seed) % 2**31
+    return value if value else 2**31 - 1
+
+
 def make_integrator(
     preset: str | ForceFieldPreset | openmm.System,
     temperature_k: float = 300.0,
@@ -219,7 +226,7 @@ def make_integrator(
     friction_per_ps
         Friction coefficient, 1/ps.
     seed
-        Random seed of the integrator; ``None`` lets OpenMM choose.
+        Random seed of the integrator (:func:`openmm_seed`); ``None`` lets OpenMM choose.
     """
     if not temperature_k > 0.0:
         raise StarMDError(f"temperature must be positive, got {temperature_k} K")
@@ -233,7 +240,7 @@ def make_integrator(
         temperature_k * u.kelvin, friction_per_ps / u.picosecond, step_ps * u.picosecond
     )
     if seed is not None:
-        integrator.setRandomNumberSeed(int(seed) % 2**31)
+        integrator.setRandomNumberSeed(openmm_seed(seed))
     return integrator
 
 

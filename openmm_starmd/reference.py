@@ -53,6 +53,7 @@ from openmm_starmd.forcefields import (
     fastest_platform,
     get_preset,
     make_integrator,
+    openmm_seed,
 )
 from openmm_starmd.prep import load_pdb
 from openmm_starmd.units import PS_PER_NS, ns_per_day
@@ -150,7 +151,7 @@ class _Replica:
             # A checkpoint only loads on the platform (and build) that wrote it; the XML state always does.
             tqdm.write(f"starmd: note: the checkpoint of R{self.k} is from {', '.join(self.progress['platforms'])}; "
                        "continuing from its saved state with a fresh random stream", file=sys.stderr)
-            self.simulation.integrator.setRandomNumberSeed(reseed % 2**31)
+            self.simulation.integrator.setRandomNumberSeed(openmm_seed(reseed))
             context.reinitialize()
             context.setState(openmm.XmlSerializer.deserialize(self.progress["state"]))
 
@@ -199,7 +200,7 @@ class _Replica:
             if not resumed:
                 self.simulation.minimizeEnergy()
                 temperature = self.run["temperature_k"] * u.kelvin
-                self.simulation.context.setVelocitiesToTemperature(temperature, self.seed)
+                self.simulation.context.setVelocitiesToTemperature(temperature, openmm_seed(self.seed))
                 remaining = self.plan["equilibration_steps"]
                 while remaining > 0:
                     advance(min(stride_steps, remaining))
