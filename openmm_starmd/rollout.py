@@ -4,15 +4,19 @@
 frames), ``sample`` draws the next frame without appending it. With ``config.align_history`` each pushed
 frame is first superposed on the previous one (the model's "world" coordinates, as in training) and
 samples are mapped back to the coordinates of the last pushed frame. Every jump therefore costs the same
-however long the rollout. :func:`~openmm_starmd.denoiser.sample_full_history` recomputes the same distribution
-without a cache from the whole history (the reference the cache is tested against).
+however long the rollout. :func:`~openmm_starmd.denoiser.sample_full_history` recomputes the same
+distribution without a cache from the whole history (the reference the cache is tested against).
+
+A Δt longer than ``max_step_ps`` is drawn as k equal model steps; the k − 1 intermediate frames join
+the history only when the caller pushes the next frame (its accepted version of the last step), so a
+rejected draw leaves the history as it was and the history keeps one spacing, Δt / k.
 """
 
 from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -71,6 +75,11 @@ class _History:
     last: tuple[torch.Tensor, ...] | None = None
 
 
+def _fork(h: _History) -> _History:
+    """A copy of ``h`` that later pushes leave ``h`` unchanged (the cache's tensors are replaced, not written)."""
+    return replace(h, cache=KVCache(list(h.cache.layers), h.cache.frame_index))
+
+
 _LAST = ("last_rot", "last_trans", "last_noisy_rot", "last_noisy_trans")
 
 
@@ -94,12 +103,15 @@ class Rollout:
         (default all R); replicas with the same number of pushed frames share one forward pass per step.
     temperature_k
         Temperature (K) of the dynamics to sample, for a temperature-conditioned model (None: 300 K).
+    max_step_ps
+        Longest Δt (ps) of one model step; a longer Δt is drawn as equal steps (default: the config's;
+        0: always one step).
     """
 
     def __init__(
         self, model: StarMDNetwork, residue_type: Any, residue_index: Any = None, residue_mask: Any = None,
         chain_break: Any = None, window: int | None = None, num_steps: int | None = None,
-        replicas: int | None = None, temperature_k: float | None = None,
+        replicas: int | None = None, temperature_k: float | None = None, max_step_ps: float | None = None,
     ) -> None:
         self.model = model.eval()
         self.config = model.config
@@ -113,9 +125,14 @@ class Rollout:
         self.replicas = None if replicas is None else int(replicas)
         self.num_steps = num_steps
         self.temperature_k = temperature_k
+        self.max_step_ps = self.config.max_step_ps if max_step_ps is None else float(max_step_ps)
+        if not (self.max_step_ps >= 0 and math.isfinite(self.max_step_ps)):
+            raise StarMDError(f"max_step_ps must be 0 (one step) or a positive number of ps, got {self.max_step_ps}")
         self.diffusion = FrameDiffusion(self.config)
         self._batched: dict[int, Residues] = {}
         self._hist = [self._empty() for _ in range(self.replicas or 1)]
+        # replica -> its history with the intermediate frames of its last multi-step draw (see push)
+        self._pending: dict[int, _History] = {}
         self.last_chi: torch.Tensor | None = None
 
     def _empty(self) -> _History:
@@ -194,6 +211,9 @@ class Rollout:
     def push(self, rotations: torch.Tensor, translations: torch.Tensor, replicas: Sequence[int] | None = None) -> None:
         """Append a clean frame to the history.
 
+        After a draw of several model steps (Δt > ``max_step_ps``) its intermediate frames are appended
+        first, so the frame pushed should be the caller's version of that draw.
+
         Parameters
         ----------
         rotations, translations
@@ -203,6 +223,13 @@ class Rollout:
         """
         idx = self._indices(replicas, "push")
         rot, trans = self._check_frames(rotations, translations, len(idx))
+        for k in idx:
+            if k in self._pending:
+                self._hist[k] = self._pending.pop(k)
+        self._append(rot, trans, idx)
+
+    def _append(self, rot: torch.Tensor, trans: torch.Tensor, idx: list[int]) -> None:
+        """Push ``[R', N, 3, 3]``, ``[R', N, 3]`` nm frames onto the histories of replicas ``idx``."""
         cfg = self.config
         for count, pos in self._groups(idx):
             hs = [self._hist[idx[p]] for p in pos]
@@ -239,12 +266,13 @@ class Rollout:
         self, dt_ps: float | Sequence[float], generators: torch.Generator | Sequence[torch.Generator],
         replicas: Sequence[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Draw the next frame ``Δt = dt_ps`` after the last pushed one (not appended).
+        """Draw the next frame ``Δt = dt_ps`` after the last pushed one (not appended; a Δt longer than
+        ``max_step_ps`` is drawn in equal model steps whose intermediate frames the next push appends).
 
         With a χ head the side-chain torsions of the draw are left in :attr:`last_chi` (``[M, N, 4]`` rad,
         M = ``config.chi_draws`` independent draws, the first being the draw; with ``replicas``
-        ``[R', M, N, 4]``; None without a χ head): drawn from the clean prediction of the last sampler step,
-        each replica from its own generator after its frame noise.
+        ``[R', M, N, 4]``; None without a χ head): drawn from the clean prediction of the last sampler step
+        of the last model step, each replica from its own generator after its frame noise.
 
         Parameters
         ----------
@@ -278,7 +306,50 @@ class Rollout:
                                   f"create them with torch.Generator(device={str(self.device)!r})")
         if any(self._hist[k].last is None for k in idx):
             raise StarMDError("Rollout.sample needs at least one pushed frame: call push(rotations, translations)")
-        out: list[tuple[list[int], torch.Tensor, torch.Tensor]] = []
+        for k in idx:
+            self._pending.pop(k, None)
+        steps = [self._steps(dt) for dt in dts]
+        committed = [self._hist[k] for k in idx]
+        for p, k in enumerate(idx):  # intermediate frames go onto copies; the caller's push commits them
+            if steps[p] > 1:
+                self._hist[k] = _fork(self._hist[k])
+        result: list[tuple[torch.Tensor, ...]] = [()] * len(idx)
+        try:
+            for s in range(max(steps)):
+                live = [p for p in range(len(idx)) if steps[p] > s]
+                rot, trans, chi = self._draw([dts[p] / steps[p] for p in live], [gens[p] for p in live],
+                                             [idx[p] for p in live])
+                for j, p in enumerate(live):
+                    if steps[p] == s + 1:
+                        result[p] = (rot[j], trans[j]) + (() if chi is None else (chi[j],))
+                go_on = [j for j, p in enumerate(live) if steps[p] > s + 1]
+                if go_on:
+                    self._append(rot[go_on], trans[go_on], [idx[live[j]] for j in go_on])
+            for p, k in enumerate(idx):
+                if steps[p] > 1:
+                    self._pending[k] = self._hist[k]
+        finally:
+            for p, k in enumerate(idx):
+                self._hist[k] = committed[p]
+        rot, trans = torch.stack([r[0] for r in result]), torch.stack([r[1] for r in result])
+        chi = torch.stack([r[2] for r in result]) if len(result[0]) == 3 else None
+        if self.replicas is None:
+            self.last_chi = None if chi is None else chi[0]
+            return rot[0], trans[0]
+        self.last_chi = chi
+        return rot, trans
+
+    def _steps(self, dt_ps: float) -> int:
+        """Model steps a draw of ``dt_ps`` takes."""
+        if self.max_step_ps <= 0:
+            return 1
+        return max(1, math.ceil(dt_ps / self.max_step_ps - 1e-9))
+
+    def _draw(self, dts: list[float], gens: list[torch.Generator],
+              idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One model step for replicas ``idx``: rotations ``[R', N, 3, 3]``, translations ``[R', N, 3]`` nm and
+        χ ``[R', M, N, 4]`` rad (None without a χ head), in the order of ``idx``."""
+        out: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
         for count, pos in self._groups(idx):
             hs = [self._hist[idx[p]] for p in pos]
             G = len(hs)
@@ -287,7 +358,7 @@ class Rollout:
             index = torch.full((1,), count, dtype=torch.long, device=self.device)
             dt = dts[pos[0]] if self.replicas is None else torch.tensor([dts[p] for p in pos], device=self.device)
             denoise = make_denoiser(self.model, self.diffusion, self._residues_for(G), ref_rot, ref_trans, dt, index,
-                                self._stacked_cache(hs), temperature_k=self.temperature_k)
+                                    self._stacked_cache(hs), temperature_k=self.temperature_k)
             draw_gens = gens[0] if self.replicas is None else [gens[p] for p in pos]
             rel_rot, rel_x = sample_relative(denoise, (G, 1, self.num_residues), self.diffusion, draw_gens,
                                              self.device, self.num_steps)
@@ -298,19 +369,20 @@ class Rollout:
             logits = denoise.chi_logits
             chi = draw_chi(None if logits is None else logits[:, 0], [gens[p] for p in pos], self.config.chi_draws)
             out.append((pos, rot, trans, chi))
-        if self.replicas is None:
-            self.last_chi = None if out[0][3] is None else out[0][3][0]
-            return out[0][1][0], out[0][2][0]
         if len(out) == 1:
-            self.last_chi = out[0][3]
-            return out[0][1], out[0][2]
+            return out[0][1], out[0][2], out[0][3]
         order = {p: (o, g) for o, (pos, *_) in enumerate(out) for g, p in enumerate(pos)}
 
         def gather(part: int) -> torch.Tensor:
             return torch.stack([out[order[p][0]][part][order[p][1]] for p in range(len(idx))])
 
-        self.last_chi = None if out[0][3] is None else gather(3)
-        return gather(1), gather(2)
+        return gather(1), gather(2), None if out[0][3] is None else gather(3)
+
+    def forget(self, replicas: Sequence[int] | None = None) -> None:
+        """Empty the history of ``replicas`` (default all), keeping the others'."""
+        for k in self._indices(replicas, "forget"):
+            self._hist[k] = self._empty()
+            self._pending.pop(k, None)
 
     def _history_state(self, h: _History) -> dict[str, torch.Tensor]:
         state = {"count": torch.tensor(h.count, device="cpu")}
@@ -356,6 +428,7 @@ class Rollout:
             raise StarMDError(f"rollout state is for replicas={saved} but this Rollout has replicas={self.replicas}: "
                               "build the Rollout with the same number of replicas")
         self.window = int(state["window"])
+        self._pending.clear()
         if self.replicas is None:
             self._hist = [self._load_history(state)]
         else:

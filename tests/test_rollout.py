@@ -260,3 +260,56 @@ def test_device_check_flags_implicit_factories_and_off_device_results():
     with DeviceCheck("meta", roots=[__file__]):  # deliberate host work is allowed
         (torch.arange(4, device="cpu") * 2.0).tolist()
         outside.to("cpu", copy=True)
+
+
+def test_long_jump_in_model_steps_equals_stepping_by_hand_and_a_rejected_draw_leaves_no_trace(cln025):
+    rot, trans, feats = cln025
+    net = randomised(chi_head=True)
+    stepped = _pushed(net, feats, rot[:3], trans[:3], num_steps=2, max_step_ps=250.0)
+    by_hand = _pushed(net, feats, rot[:3], trans[:3], num_steps=2)
+    # a draw that is then rejected: resampling with the same seed gives the same frame
+    first = stepped.sample(1000.0, torch.Generator().manual_seed(3))
+    again = stepped.sample(1000.0, torch.Generator().manual_seed(3))
+    assert torch.equal(first[0], again[0]) and torch.equal(first[1], again[1])
+    assert stepped.count == 3
+    gen = torch.Generator().manual_seed(3)
+    for _ in range(3):  # the four 250 ps steps of a 1 ns jump, by hand
+        by_hand.push(*by_hand.sample(250.0, gen))
+    final = by_hand.sample(250.0, gen)
+    torch.testing.assert_close(final[0], again[0], atol=1e-6, rtol=0)
+    torch.testing.assert_close(final[1], again[1], atol=1e-6, rtol=0)
+    assert stepped.last_chi.shape == (net.config.chi_draws, feats.residue_type.shape[0], 4)
+    torch.testing.assert_close(stepped.last_chi, by_hand.last_chi, atol=1e-5, rtol=0)  # the last step's χ
+    # the caller's version of the draw commits the three intermediate frames with it
+    accepted = (rot[5], trans[5])
+    stepped.push(*accepted)
+    by_hand.push(*accepted)
+    assert stepped.count == by_hand.count == 7
+    a = stepped.sample(100.0, torch.Generator().manual_seed(8))
+    b = by_hand.sample(100.0, torch.Generator().manual_seed(8))
+    torch.testing.assert_close(a[1], b[1], atol=1e-5, rtol=0)
+    # a shorter draw in between drops the pending frames
+    stepped.sample(1000.0, torch.Generator().manual_seed(1))
+    stepped.sample(200.0, torch.Generator().manual_seed(1))
+    stepped.push(*accepted)
+    assert stepped.count == 8
+    with pytest.raises(StarMDError, match="max_step_ps"):
+        Rollout(net, feats, max_step_ps=-1.0)
+
+
+def test_replicas_take_their_own_number_of_model_steps(cln025):
+    rot, trans, feats = cln025
+    net = randomised()
+    batch = Rollout(net, feats, num_steps=2, replicas=2, max_step_ps=300.0)
+    singles = [Rollout(net, feats, num_steps=2, max_step_ps=300.0) for _ in range(2)]
+    batch.push(rot[:2], trans[:2])
+    for k, ro in enumerate(singles):
+        ro.push(rot[k], trans[k])
+    dts, seeds = [900.0, 300.0], [4, 6]  # three model steps and one
+    b_rot, b_trans = batch.sample(dts, [torch.Generator().manual_seed(s) for s in seeds])
+    for k, ro in enumerate(singles):
+        s_rot, s_trans = ro.sample(dts[k], torch.Generator().manual_seed(seeds[k]))
+        torch.testing.assert_close(b_rot[k], s_rot, atol=2e-5, rtol=0)
+        torch.testing.assert_close(b_trans[k], s_trans, atol=2e-5, rtol=0)
+    batch.push(b_rot, b_trans)
+    assert batch.counts == [4, 2]

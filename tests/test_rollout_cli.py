@@ -65,6 +65,7 @@ def test_cli_writes_replica_trajectories_with_their_raw_validity(tmp_path, tiny_
     record = json.loads((out / "run.json").read_text())
     assert record["status"] == "complete" and record["jumps_done"] == 6
     assert record["settings"]["replicas"] == 2 and record["settings"]["device"] == "cpu"
+    assert record["settings"]["model_max_step_ps"] == 0.0  # the test model draws each jump in one step
     assert record["raw_validity"]["frames"] == 12
     assert record["raw_validity"]["valid_fraction"] == pytest.approx(np.mean([int(r["valid"]) for r in log]))
     assert record["speed"]["model_s_per_jump"] > 0 and record["speed"]["ns_per_day_aggregate"] > 0

@@ -290,13 +290,16 @@ def test_starmd_rollout_all_atoms_places_side_chains_and_says_so(tmp_path, place
 def test_simulate_records_side_chains_from_the_chi_head(tmp_path, mapped, placed):
     from openmm_starmd.simulation.run import run_simulation
 
-    folder = save_model(tmp_path / "chi_model", _chi_net())
+    net = _chi_net()
+    net.config = net.config.replace(max_step_ps=50.0)  # each 100 ps jump drawn in two model steps
+    folder = save_model(tmp_path / "chi_model", net)
     out = tmp_path / "run"
     with pytest.raises(Exception, match="failed the guards"):  # every target is refused (fixture): no relaxation
         run_simulation(DATA / "cln025.pdb", out, time_ps=100.0, jump_ps=100.0, model=str(folder), seed=0,
                        platform="Reference", forcefield="implicit-fast", progress=False)
     record = json.loads((out / "run.json").read_text())
     assert record["settings"]["side_chains"] == "chi head" and record["status"] == "failed"
+    assert record["settings"]["model_max_step_ps"] == 50.0
     assert len(mapped) == record["validity"]["raw_proposals"] > 0
     assert np.array_equal(mapped[0], placed[0][1])
     assert _took_the_draw(*placed[0], app.PDBFile(str(out / "topology.pdb")).topology) >= 1

@@ -48,6 +48,7 @@ def test_cli_writes_a_complete_run_folder(tmp_path, capsys):
     assert record["settings"]["jump_ps"] == 1000.0 and record["settings"]["relax"]["time_ps"] == 0.04
     assert record["settings"]["platform"] == "Reference" and record["versions"]["openmm"]
     assert record["settings"]["side_chains"] == "rigid"  # perturb draws no χ
+    assert record["settings"]["model_max_step_ps"] is None  # and has no model steps
     assert record["speed"]["ns_per_day"] > 0
     # Raw validity (before guards and relaxation), rejection rate and relaxed validity side by side.
     validity = record["validity"]

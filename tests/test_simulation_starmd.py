@@ -62,19 +62,23 @@ def test_model_folder_resolves_to_the_starmd_rollout(setup):
     assert sum(sim.rejections.values()) == 2 and sim.currentStep == 0
 
 
-def test_rollout_history_survives_checkpoints_exactly(setup):
+@pytest.mark.parametrize("max_step_ps", [None, 250.0])
+def test_rollout_history_survives_checkpoints_exactly(setup, max_step_ps):
     topology, system, positions, folder = setup
     model = resolve_proposer(str(folder), topology).model
 
     def make(seed):
-        sim = StarMDSimulation(topology, system, Damped(model, topology, num_steps=2), jump=1 * u.nanosecond,
-                               relax=QUICK, platform="Reference", seed=seed)
+        proposer = Damped(model, topology, num_steps=2, max_step_ps=max_step_ps)
+        sim = StarMDSimulation(topology, system, proposer, jump=1 * u.nanosecond, relax=QUICK, platform="Reference",
+                               seed=seed)
         sim.context.setPositions(positions)
         return sim
 
     straight = make(4)
     straight.step(3)
-    assert sum(straight.rejections.values()) == 0 and straight.proposer.rollout.count == 4
+    # the start frame, then per 1 ns jump its accepted frame (after three intermediate 250 ps frames)
+    frames_per_jump = 1 if max_step_ps is None else 4
+    assert sum(straight.rejections.values()) == 0 and straight.proposer.rollout.count == 1 + 3 * frames_per_jump
     first = make(4)
     first.step(1)
     buffer = io.BytesIO()

@@ -7,6 +7,7 @@ rebuilds its network. Presets: ``tiny`` (tests), ``small`` (CPU default), ``base
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -73,6 +74,9 @@ class ModelConfig:
     # χ draws per proposal: the all-atom mapping takes the first, and re-turns a residue whose side chain
     # overlaps another heavy atom to the next draw (SideChains.place)
     chi_draws: int = 8
+    # longest Δt (ps) of one model step at inference; a longer jump is drawn as equal steps whose frames
+    # join the history (Rollout); 0: every jump in one step
+    max_step_ps: float = 0.0
     deterministic_sampler: bool = False  # probability-flow ODE instead of the reverse SDE
     # translation integrator: "exponential" (exact over each step for the frozen denoiser) or "euler"
     # (Euler–Maruyama); rotations always take geodesic Euler–Maruyama steps
@@ -94,6 +98,8 @@ class ModelConfig:
             raise StarMDError(f"chi_bins must be at least 2, got {self.chi_bins}")
         if self.chi_draws < 1:
             raise StarMDError(f"chi_draws must be at least 1, got {self.chi_draws}")
+        if not (self.max_step_ps >= 0 and math.isfinite(self.max_step_ps)):
+            raise StarMDError(f"max_step_ps must be 0 (one step per jump) or a positive ps, got {self.max_step_ps}")
         if self.num_sampler_steps < 1:
             raise StarMDError(f"num_sampler_steps must be at least 1, got {self.num_sampler_steps}")
         low, high = self.temperature_range_k
@@ -159,7 +165,8 @@ def check_temperature(config: ModelConfig, temperature_k: float, slack_k: float 
                       "simulate within it or fine-tune on data at that temperature")
 
 
-_ADDED_FIELDS = ("temperature_condition", "temperature_range_k", "chi_bins", "chi_loss_weight", "chi_draws")
+_ADDED_FIELDS = ("temperature_condition", "temperature_range_k", "chi_bins", "chi_loss_weight", "chi_draws",
+                 "max_step_ps")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 PRESETS: dict[str, ModelConfig] = {

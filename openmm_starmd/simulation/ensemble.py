@@ -77,9 +77,7 @@ class BatchedStarMD:
 
     def reset_replica(self, k: int) -> None:
         """Forget replica ``k``'s history, keeping the others'."""
-        state = {name: x for name, x in self.rollout.state_dict().items() if not name.startswith(f"r{k}.")}
-        state[f"r{k}.count"] = torch.tensor(0, device="cpu")
-        self.rollout.load_state_dict(state)
+        self.rollout.forget([k])
 
 
 class ReplicaProposer(Proposer):

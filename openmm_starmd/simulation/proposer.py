@@ -197,18 +197,19 @@ class StarMDProposer(Proposer):
         A loaded STAR-MD network (see :func:`openmm_starmd.model.checkpoint.load_model`).
     topology
         The simulated topology; residue types, indices and chain breaks come from it.
-    window, num_steps
-        Passed to the rollout: frames of history attended to and sampler steps (``None``: the
-        model's configuration).
+    window, num_steps, max_step_ps
+        Passed to the rollout: frames of history attended to, sampler steps and the longest model step
+        (ps) a jump is drawn in (``None``: the model's configuration).
     """
 
     def __init__(self, model: torch.nn.Module, topology: app.Topology, window: int | None = None,
-                 num_steps: int | None = None) -> None:
+                 num_steps: int | None = None, max_step_ps: float | None = None) -> None:
         from openmm_starmd.data.featurize import featurize_topology
 
         self.model = model
         self.window = window
         self.num_steps = num_steps
+        self.max_step_ps = max_step_ps
         self.temperature_k: float | None = None
         self.features = featurize_topology(topology)
         self.reset()
@@ -228,7 +229,7 @@ class StarMDProposer(Proposer):
         from openmm_starmd.rollout import Rollout
 
         self.rollout = Rollout(self.model, self.features, window=self.window, num_steps=self.num_steps,
-                               temperature_k=self.temperature_k)
+                               temperature_k=self.temperature_k, max_step_ps=self.max_step_ps)
 
     def set_temperature(self, temperature_k: float) -> None:
         from openmm_starmd.model.config import check_temperature
@@ -255,15 +256,15 @@ class StarMDProposerFactory(ProposerFactory):
     """Factory of :class:`StarMDProposer` (registered as ``starmd``).
 
     Options: ``model`` (a checkpoint folder path, ``"default"`` or ``None`` for the shipped default
-    model, or a loaded network), ``window``, ``num_steps``, ``device``.
+    model, or a loaded network), ``window``, ``num_steps``, ``max_step_ps``, ``device``.
     """
 
     def create_proposer(self, topology: app.Topology,
                         model: torch.nn.Module | str | os.PathLike | None = None,
                         window: int | None = None, num_steps: int | None = None,
-                        device: str | torch.device | None = None) -> Proposer:
+                        device: str | torch.device | None = None, max_step_ps: float | None = None) -> Proposer:
         return StarMDProposer(_network(DEFAULT_MODEL if model is None else model, device), topology,
-                              window=window, num_steps=num_steps)
+                              window=window, num_steps=num_steps, max_step_ps=max_step_ps)
 
 
 def _network(model: torch.nn.Module | str | os.PathLike, device: str | torch.device | None) -> torch.nn.Module:

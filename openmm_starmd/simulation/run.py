@@ -105,6 +105,14 @@ def _model_setting(model: str) -> str:
     return str(Path(model).resolve())
 
 
+def _model_max_step_ps(proposer: Any) -> float | None:
+    """Longest model step (ps) a STAR-MD proposer's jump is drawn in (0: one step a jump); None for others."""
+    if getattr(proposer, "max_step_ps", None) is not None:
+        return float(proposer.max_step_ps)
+    model = getattr(proposer, "model", None)
+    return None if model is None else float(model.config.max_step_ps)
+
+
 def _prepared_pdb(input_path: str | os.PathLike) -> str:
     """The prepared structure as PDB text (kept in memory until every check has passed)."""
     from openmm_starmd import prep
@@ -264,7 +272,8 @@ def run_simulation(
                 "forcefield": get_preset(forcefield).describe(),
                 "temperature_k": temperature_k, "relax": relax.describe(), "protein_only": protein_only,
                 "guards": members[0].guard_settings.describe(), "proposer": type(members[0].proposer).__name__,
-                "side_chains": "rigid" if members[0].side_chains is None else "chi head"}
+                "side_chains": "rigid" if members[0].side_chains is None else "chi head",
+                "model_max_step_ps": _model_max_step_ps(members[0].proposer)}
     record: dict[str, Any] = {"settings": settings, "device": str(members[0].device), "versions": software_versions(),
                               "status": "running", "jumps_done": sum(done), "jumps_total": total * replicas}
     atomic_write_json(out / "run.json", record)
