@@ -1,7 +1,8 @@
 """Speed-fidelity frontier: hybrid speed over plain OpenMM and size-matched fidelity at each setting, one run.
 
 For every system (chignolin CLN025, all its replicas as the reference, and the tetrapeptides of the data
-folder) and every setting (jump x relaxation variant x inference history noise ``ctx_tau_inference``):
+folder) and every setting (jump x relaxation variant x inference history noise ``ctx_tau_inference`` x longest
+model step ``max_step_ps``):
 
 - plain OpenMM ns/day: a short run of that system in this process (``--md-steps``, implicit-fast, the
   platform the hybrid uses);
@@ -49,13 +50,14 @@ from openmm_starmd.atomic import atomic_write, atomic_write_json
 from openmm_starmd.data.dataset import find_atlas_folders
 from openmm_starmd.forcefields import PRESETS, build_system, fastest_platform, make_integrator
 from openmm_starmd.model.checkpoint import default_model_path
+from openmm_starmd.model.config import ModelConfig
 from openmm_starmd.simulation import JumpRejectedError, RelaxSettings
 from openmm_starmd.simulation.run import run_simulation
 from openmm_starmd.units import format_time, ns_per_day, parse_time
 
 sys.path.insert(0, str(Path(__file__).parent))
 from bench_fidelity import json_safe, model_sha256  # sibling benchmark script, not a package
-from frontier_report import CHIGNOLIN, fmt, goals, markdown
+from frontier_report import CHIGNOLIN, fmt, goals, markdown, step_label
 
 PRESET = "implicit-fast"
 MODEL_S_PER_JUMP = 0.3  # small preset, 20 sampler steps, one CPU thread (README); estimate only
@@ -87,27 +89,37 @@ def relax_label(relax: RelaxSettings) -> str:
     return ",".join(diff) or "default"
 
 
-def model_with_ctx_tau(model: str, tau: float | None, work: Path) -> str:
-    """A checkpoint folder that is ``model`` with ``ctx_tau_inference = tau`` (the model itself if tau is None or
-    already that value). The weights are copied, the config edited: a setting of the benchmark, not a new model."""
+def model_variant(model: str, work: Path, **changes: float | None) -> str:
+    """A checkpoint folder that is ``model`` with some inference fields of its config changed (None: keep; the model
+    itself when nothing changes). The weights are copied, the config edited: a setting of the benchmark, not a new
+    model."""
     source = default_model_path() if model == "default" else Path(model)
     info = json.loads((source / "model.json").read_text())
-    if tau is None or math.isclose(info["config"].get("ctx_tau_inference", 0.0), tau):
+    changes = {k: v for k, v in changes.items() if v is not None
+               and not math.isclose(info["config"].get(k, getattr(ModelConfig(), k)), v)}
+    if not changes:
         return model
-    folder = work / "models" / f"{source.name}_ctx{tau:g}"
+    folder = work / "models" / "_".join([source.name] + [f"{k}{v:g}" for k, v in sorted(changes.items())])
     if not (folder / "model.json").is_file():
         folder.mkdir(parents=True, exist_ok=True)
         for item in source.iterdir():
             if item.is_file() and item.name != "model.json":
                 shutil.copy2(item, folder / item.name)
-        info["config"]["ctx_tau_inference"] = tau
+        info["config"].update(changes)
         atomic_write_json(folder / "model.json", info)
     return str(folder)
 
 
-def setting_slug(jump_ps: float, relax: RelaxSettings, tau: float | None) -> str:
+def model_max_step_ps(model: str) -> float:
+    """The checkpoint's ``max_step_ps`` (0: a jump is one model step): part of the setting, not of the weights."""
+    source = default_model_path() if model == "default" else Path(model)
+    return float(json.loads((source / "model.json").read_text())["config"].get("max_step_ps", 0.0))
+
+
+def setting_slug(jump_ps: float, relax: RelaxSettings, tau: float | None, step: float | None) -> str:
     ctx = "model" if tau is None else f"{tau:g}"
     text = f"jump{format_time(jump_ps).replace(' ', '')}_relax-{relax_label(relax)}_ctx{ctx}"
+    text += "" if step is None else f"_step{step:g}ps"
     return text.replace("=", "").replace(",", "_")
 
 
@@ -175,7 +187,8 @@ def hybrid_run(folder: Path, run_dir: Path, frames: int, jump_ps: float, model: 
     return json.loads(record_path.read_text())
 
 
-def run_row(folder: Path, work: Path, jump_ps: float, relax: RelaxSettings, tau: float | None, args,
+def run_row(folder: Path, work: Path, jump_ps: float, relax: RelaxSettings, tau: float | None, step: float | None,
+            args,
             md_before: dict | None, platform: openmm.Platform, model_sha: str | None) -> dict:
     """One (system, setting) row: hybrid run, size-matched fidelity, energies, validity, speed-up.
 
@@ -183,10 +196,11 @@ def run_row(folder: Path, work: Path, jump_ps: float, relax: RelaxSettings, tau:
     new measurement) and their mean speed is the row's reference: on a shared machine the load changes within
     minutes. A cached row is returned without timing anything."""
     name = folder.name
-    row_dir = work / name / setting_slug(jump_ps, relax, tau)
+    row_dir = work / name / setting_slug(jump_ps, relax, tau, step)
+    max_step_ps = model_max_step_ps(args.model) if step is None else step
     key = {"system": name, "jump_ps": jump_ps, "relax": relax.describe(), "ctx_tau_inference": tau,
            "frames_requested": args.frames, "model": args.model, "model_sha256": model_sha, "seed": args.seed,
-           "lag": args.lag}
+           "lag": args.lag, "max_step_ps": max_step_ps}
     cached = row_dir / "row.json"
     if cached.is_file():
         row = json.loads(cached.read_text())
@@ -195,7 +209,7 @@ def run_row(folder: Path, work: Path, jump_ps: float, relax: RelaxSettings, tau:
             return row
     if md_before is None:
         md_before = md_speed(folder, args.md_steps, platform)
-    model = model_with_ctx_tau(args.model, tau, work)
+    model = model_variant(args.model, work, ctx_tau_inference=tau, max_step_ps=step)
     start = time.perf_counter()
     load_before = os.getloadavg()[0]
     # Frames already written (a killed run's run.json lags behind its checkpoint; its XTC never does).
@@ -214,7 +228,8 @@ def run_row(folder: Path, work: Path, jump_ps: float, relax: RelaxSettings, tau:
     new_jumps = record.get("jumps_done", 0) - jumps_before
     run_dir = row_dir / "run"
     row: dict = {"key": key, "system": name, "jump_ps": jump_ps, "relax": relax_label(relax),
-                 "ctx_tau_inference": tau, "status": record.get("status"), "frames": record.get("jumps_done", 0),
+                 "ctx_tau_inference": tau, "max_step_ps": max_step_ps, "status": record.get("status"),
+                 "frames": record.get("jumps_done", 0),
                  "md": md_row, "hybrid": record.get("speed", {}), "hybrid_session_wall_s": hybrid_wall,
                  "run": run_summary(record)}
     row["speedup"] = (row["hybrid"].get("ns_per_day", float("nan")) / md_row["ns_per_day"]
@@ -253,6 +268,9 @@ def main() -> None:
                         help="relaxation variants, each 'key=value,...' of RelaxSettings (default: 'default')")
     parser.add_argument("--ctx-tau", nargs="+", type=float,
                         help="inference history-noise levels ctx_tau_inference (default: the model's own)")
+    parser.add_argument("--model-step", nargs="+",
+                        help="longest model steps max_step_ps a jump is drawn in, e.g. 250ps (0: one step a jump; "
+                             "default: the model's own)")
     parser.add_argument("--model", default="default", help="STAR-MD checkpoint folder or default")
     parser.add_argument("--lag", help="TICA lag of the size-matched comparison (default: one jump)")
     parser.add_argument("--md-steps", type=int, default=2500, help="timed plain-MD steps per system (default 2500)")
@@ -278,7 +296,9 @@ def main() -> None:
     jumps = [parse_time(j, "--jumps") for j in args.jumps]
     relaxes = [relax_variant(r) for r in args.relax]
     taus = args.ctx_tau or [None]
-    settings = [(j, r, t) for j in jumps for r in relaxes for t in taus]
+    steps = [None] if not args.model_step else [0.0 if x == "0" else parse_time(x, "--model-step")
+                                                for x in args.model_step]
+    settings = [(j, r, t, st) for j in jumps for r in relaxes for t in taus for st in steps]
     work = Path(args.work)
     sha = model_sha256(args.model)
     platform = fastest_platform(None)
@@ -293,17 +313,19 @@ def main() -> None:
     print(f"plan: {len(folders)} systems x {len(settings)} settings = {len(plan)} rows, {args.frames} jumps each; "
           f"estimated {total / 60:.0f} min (from the reference runs' MD speed; refined per system below)", flush=True)
     if args.dry_run:
-        for f, (j, r, t) in plan:
-            print(f"  {f.name:<7} {setting_slug(j, r, t):<40} ~{estimate_s(args.frames, r, fallback_step_s(f)):.0f} s")
+        for f, (j, r, t, st) in plan:
+            estimate = estimate_s(args.frames, r, fallback_step_s(f))
+            print(f"  {f.name:<7} {setting_slug(j, r, t, st):<40} ~{estimate:.0f} s")
         return
     rows, done_s, start, start_unix = [], 0.0, time.perf_counter(), time.time()
     for n_sys, folder in enumerate(folders):
         md_row = None  # this system's latest plain-MD timing, reused as the next computed row's "before"
-        for jump_ps, relax, tau in settings:
+        for jump_ps, relax, tau, step in settings:
             step_s = md_row["wall_s"] / md_row["steps"] if md_row else fallback_step_s(folder)
-            print(f"[{len(rows) + 1}/{len(plan)}] {folder.name} {setting_slug(jump_ps, relax, tau)}: row estimated "
+            slug = setting_slug(jump_ps, relax, tau, step)
+            print(f"[{len(rows) + 1}/{len(plan)}] {folder.name} {slug}: row estimated "
                   f"{estimate_s(args.frames, relax, step_s):.0f} s", flush=True)
-            row = run_row(folder, work, jump_ps, relax, tau, args, md_row, platform, sha)
+            row = run_row(folder, work, jump_ps, relax, tau, step, args, md_row, platform, sha)
             if row.get("finished_unix", 0.0) >= start_unix:  # computed now, not read from the cache
                 md_row = row["md"].get("after", md_row)
             rows.append(row)
@@ -316,7 +338,8 @@ def main() -> None:
     by_setting: dict[str, list[dict]] = {}
     for r in rows:
         by_setting.setdefault(f"jump {format_time(r['jump_ps'])}, relax {r['relax']}, ctx τ "
-                              f"{'model' if r['ctx_tau_inference'] is None else r['ctx_tau_inference']}", []).append(r)
+                              f"{'model' if r['ctx_tau_inference'] is None else r['ctx_tau_inference']}, model step "
+                              f"{step_label(r)}", []).append(r)
     result = {"header": f"Model `{args.model}` (sha256 {sha[:12] if sha else '-'}…), {args.frames} jumps per row, seed "
                         f"{args.seed}, {PRESET}, platform {platform.getName()}, {os.cpu_count()}-core CPU (1-min load "
                         f"{os.getloadavg()[0]:.1f}), OpenMM {openmm.__version__}, mdtraj {md.__version__}; "

@@ -96,22 +96,30 @@ def fmt(value, digits: int = 3) -> str:
     return value if isinstance(value, str) else ("n/a" if not math.isfinite(value) else f"{value:.{digits}f}")
 
 
+def step_label(row: dict) -> str:
+    """The row's longest model step: rows from before the setting existed drew each jump in one step."""
+    step = row.get("max_step_ps") or 0.0
+    return "whole jump" if step <= 0 else format_time(step)
+
+
 def markdown(result: dict) -> str:
     pairs = (("torsion_jsd", "φ/ψ JSD"), ("chi1_jsd", "χ1 JSD"), ("pc_jsd", "PC JSD"),
              ("rmsf_pearson_r", "RMSF r"), ("decorrelation_ratio", "TIC1 τ ratio"), ("energy_ks", "energy KS"),
              ("energy_sd_ratio", "energy sd ratio"))
     lines = ["# Speed-fidelity frontier", "", result["header"], "",
-             "| System | Jump | Relax | ctx τ | Frames | Hybrid ns/day | MD ns/day | Speed-up | Speed-up (CPU time) | "
+             "| System | Jump | Relax | ctx τ | Model step | Frames | Hybrid ns/day | MD ns/day | Speed-up | "
+             "Speed-up (CPU time) | "
              + " | ".join(f"{label} gen / MD" for _, label in pairs)
              + " | Raw valid | Rejection rate | Relaxed valid |",
-             "|---" * (12 + len(pairs)) + "|"]
+             "|---" * (13 + len(pairs)) + "|"]
     for r in result["rows"]:
         s = r.get("size_matched", {"generated": {}, "md": {}})
         raw = [r["run"]["raw_valid_fraction"]] if "raw_valid_fraction" in r["run"] else []
         cells = " | ".join(f"{fmt(s['generated'].get(k))} / {fmt(s['md'].get(k))}" for k, _ in pairs)
         lines.append(f"| {r['system']} | {format_time(r['jump_ps'])} | {r['relax']} | "
                      f"{fmt(r['ctx_tau_inference'], 2) if r['ctx_tau_inference'] is not None else 'model'} | "
-                     f"{r['frames']} | {fmt(r['hybrid'].get('ns_per_day'), 0)} | {fmt(r['md']['ns_per_day'], 0)} | "
+                     f"{step_label(r)} | {r['frames']} | {fmt(r['hybrid'].get('ns_per_day'), 0)} | "
+                     f"{fmt(r['md']['ns_per_day'], 0)} | "
                      f"{fmt(r['speedup'], 1)} | {fmt(r.get('speedup_cpu'), 1)} | {cells} | "
                      f"{fmt(raw[0]) if raw else 'not recorded'} | {fmt(r['run'].get('rejection_rate'))} | "
                      f"{fmt(r.get('relaxed_valid_fraction'))} |")
@@ -126,13 +134,13 @@ def markdown(result: dict) -> str:
         lines += ["TIC1 decorrelation per tetrapeptide (see `tic1_check`): the size-matched MD τ at the jump interval "
                   "needs the reference's halves to hold enough frames at that interval; otherwise MD's τ is read at "
                   "its own 10 ps frames and the hybrid's must lie within the bounds.", "",
-                  "| System | Jump | Relax | ctx τ | hybrid τ (ps) | MD τ (ps) | MD frames at the jump interval | "
-                  "rule | bounds (ps) | within |", "|---" * 10 + "|"]
+                  "| System | Jump | Relax | ctx τ | Model step | hybrid τ (ps) | MD τ (ps) | MD frames at the jump "
+                  "interval | rule | bounds (ps) | within |", "|---" * 11 + "|"]
         for r in tetra:
             c = tic1_check(r)
             bounds = "0.5-2x" if "bounds_ps" not in c else f"{c['bounds_ps'][0]:.0f}-{c['bounds_ps'][1]:.0f}"
             tau = fmt(r['ctx_tau_inference'], 2) if r['ctx_tau_inference'] is not None else 'model'
-            lines.append(f"| {r['system']} | {format_time(r['jump_ps'])} | {r['relax']} | {tau} | "
+            lines.append(f"| {r['system']} | {format_time(r['jump_ps'])} | {r['relax']} | {tau} | {step_label(r)} | "
                          f"{fmt(c['gen_tau_ps'], 0)} | {fmt(c['md_tau_ps'], 0)} | {fmt(c['md_frames'], 1)} | "
                          f"{c['rule']} | {bounds} | {'yes' if c['met'] else 'no'} |")
         lines.append("")
