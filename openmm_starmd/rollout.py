@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -24,7 +23,8 @@ import torch
 from openmm_starmd.denoiser import context_noise, make_denoiser
 from openmm_starmd.diffusion.sampler import FrameDiffusion, sample_relative
 from openmm_starmd.errors import StarMDError
-from openmm_starmd.frames.rigid import apply, identity_rotations, invert, superpose
+from openmm_starmd.frames.rigid import apply, invert, superpose
+from openmm_starmd.history import History, empty_history, fork, history_state, load_history
 from openmm_starmd.model.chi import draw_chi
 from openmm_starmd.model.network import KVCache, StarMDNetwork
 from openmm_starmd.model.tokens import Residues, absolute, clean_inputs
@@ -47,12 +47,6 @@ def _residues(
     return Residues(t[0].long()[None], t[1].long()[None], t[2].bool()[None], t[3].bool()[None])
 
 
-def _no_alignment(device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
-    """The identity rigid transform (``[3, 3]``, ``[3]`` nm): before a second frame is pushed, world
-    coordinates are the caller's."""
-    return identity_rotations((), device=device), torch.zeros(3, device=device)
-
-
 def _same_device(a: torch.device | str, b: torch.device | str) -> bool:
     a, b = torch.device(a), torch.device(b)
     if a.type != b.type:
@@ -63,24 +57,6 @@ def _same_device(a: torch.device | str, b: torch.device | str) -> bool:
     return a.index == b.index or a.index is None or b.index is None
 
 
-@dataclass
-class _History:
-    """One replica's state: key/value cache, frames pushed, last frame (caller's clean frame moved to world
-    coordinates, and its context-noised copy, ``[N, 3, 3]``/``[N, 3]`` nm each) and the rigid transform from
-    the caller's coordinates of the last pushed frame to world coordinates."""
-
-    cache: KVCache
-    align: tuple[torch.Tensor, torch.Tensor]
-    count: int = 0
-    last: tuple[torch.Tensor, ...] | None = None
-
-
-def _fork(h: _History) -> _History:
-    """A copy of ``h`` that later pushes leave ``h`` unchanged (the cache's tensors are replaced, not written)."""
-    return replace(h, cache=KVCache(list(h.cache.layers), h.cache.frame_index))
-
-
-_LAST = ("last_rot", "last_trans", "last_noisy_rot", "last_noisy_trans")
 
 
 class Rollout:
@@ -132,11 +108,11 @@ class Rollout:
         self._batched: dict[int, Residues] = {}
         self._hist = [self._empty() for _ in range(self.replicas or 1)]
         # replica -> its history with the intermediate frames of its last multi-step draw (see push)
-        self._pending: dict[int, _History] = {}
+        self._pending: dict[int, History] = {}
         self.last_chi: torch.Tensor | None = None
 
-    def _empty(self) -> _History:
-        return _History(KVCache(), _no_alignment(self.device))
+    def _empty(self) -> History:
+        return empty_history(self.device)
 
     @property
     def num_residues(self) -> int:
@@ -194,7 +170,7 @@ class Rollout:
             groups.setdefault(self._hist[k].count, []).append(p)
         return sorted(groups.items())
 
-    def _stacked_cache(self, hs: list[_History]) -> KVCache:
+    def _stacked_cache(self, hs: list[History]) -> KVCache:
         if hs[0].cache.num_frames == 0 or len(hs) == 1:
             return hs[0].cache
         layers = [(torch.cat([h.cache.layers[i][0] for h in hs]), torch.cat([h.cache.layers[i][1] for h in hs]))
@@ -312,7 +288,7 @@ class Rollout:
         committed = [self._hist[k] for k in idx]
         for p, k in enumerate(idx):  # intermediate frames go onto copies; the caller's push commits them
             if steps[p] > 1:
-                self._hist[k] = _fork(self._hist[k])
+                self._hist[k] = fork(self._hist[k])
         result: list[tuple[torch.Tensor, ...]] = [()] * len(idx)
         try:
             for s in range(max(steps)):
@@ -384,41 +360,15 @@ class Rollout:
             self._hist[k] = self._empty()
             self._pending.pop(k, None)
 
-    def _history_state(self, h: _History) -> dict[str, torch.Tensor]:
-        state = {"count": torch.tensor(h.count, device="cpu")}
-        if h.last is not None:
-            for name, value in zip(_LAST, h.last, strict=True):
-                state[name] = value.detach().to("cpu", copy=True)
-            state["frame_index"] = h.cache.frame_index.to("cpu", copy=True)
-            state["align_rot"], state["align_trans"] = (x.detach().to("cpu", copy=True) for x in h.align)
-            for i, (k, v) in enumerate(h.cache.layers):
-                state[f"cache_k_{i}"] = k.to("cpu", copy=True)
-                state[f"cache_v_{i}"] = v.to("cpu", copy=True)
-        return state
-
-    def _load_history(self, state: dict[str, torch.Tensor]) -> _History:
-        h = self._empty()
-        h.count = int(state["count"])
-        if "last_rot" in state:
-            if state["last_rot"].shape[0] != self.num_residues:
-                raise StarMDError("rollout state is for a different number of residues: use the matching model/system")
-            h.last = tuple(state[n].to(self.device) for n in _LAST)
-            layers = [(state[f"cache_k_{i}"].to(self.device), state[f"cache_v_{i}"].to(self.device))
-                      for i in range(self.config.num_blocks)]
-            h.cache = KVCache(layers, state["frame_index"].to(self.device))
-            if "align_rot" in state:
-                h.align = (state["align_rot"].to(self.device), state["align_trans"].to(self.device))
-        return h
-
     def state_dict(self) -> dict[str, torch.Tensor]:
         """History (cache, last frame, frame count; per replica ``r{k}.``-prefixed with ``replicas``) as a
         flat dict of CPU tensors (safetensors-friendly)."""
         window = torch.tensor(self.window, device="cpu")
         if self.replicas is None:
-            return {**self._history_state(self._hist[0]), "window": window}
+            return {**history_state(self._hist[0]), "window": window}
         state = {"replicas": torch.tensor(self.replicas, device="cpu"), "window": window}
         for k, h in enumerate(self._hist):
-            state.update({f"r{k}.{name}": x for name, x in self._history_state(h).items()})
+            state.update({f"r{k}.{name}": x for name, x in history_state(h).items()})
         return state
 
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
@@ -430,7 +380,8 @@ class Rollout:
         self.window = int(state["window"])
         self._pending.clear()
         if self.replicas is None:
-            self._hist = [self._load_history(state)]
+            self._hist = [load_history(state, self.num_residues, self.config.num_blocks, self.device)]
         else:
-            self._hist = [self._load_history({name[len(f"r{k}."):]: x for name, x in state.items()
-                                              if name.startswith(f"r{k}.")}) for k in range(self.replicas)]
+            parts = [{name[len(f"r{k}."):]: x for name, x in state.items() if name.startswith(f"r{k}.")}
+                     for k in range(self.replicas)]
+            self._hist = [load_history(part, self.num_residues, self.config.num_blocks, self.device) for part in parts]
