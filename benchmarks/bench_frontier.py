@@ -89,14 +89,23 @@ def relax_label(relax: RelaxSettings) -> str:
     return ",".join(diff) or "default"
 
 
+def _checkpoint(model: str) -> tuple[Path, dict]:
+    """The checkpoint folder of ``model`` (``default`` or a folder) and its ``model.json``."""
+    source = default_model_path() if model == "default" else Path(model)
+    return source, json.loads((source / "model.json").read_text())
+
+
+def _config_value(info: dict, name: str) -> float:
+    """A config field of a ``model.json``, or its default where the checkpoint predates the field."""
+    return info["config"].get(name, getattr(ModelConfig(), name))
+
+
 def model_variant(model: str, work: Path, **changes: float | None) -> str:
     """A checkpoint folder that is ``model`` with some inference fields of its config changed (None: keep; the model
     itself when nothing changes). The weights are copied, the config edited: a setting of the benchmark, not a new
     model."""
-    source = default_model_path() if model == "default" else Path(model)
-    info = json.loads((source / "model.json").read_text())
-    changes = {k: v for k, v in changes.items() if v is not None
-               and not math.isclose(info["config"].get(k, getattr(ModelConfig(), k)), v)}
+    source, info = _checkpoint(model)
+    changes = {k: v for k, v in changes.items() if v is not None and not math.isclose(_config_value(info, k), v)}
     if not changes:
         return model
     folder = work / "models" / "_".join([source.name] + [f"{k}{v:g}" for k, v in sorted(changes.items())])
@@ -112,8 +121,7 @@ def model_variant(model: str, work: Path, **changes: float | None) -> str:
 
 def model_max_step_ps(model: str) -> float:
     """The checkpoint's ``max_step_ps`` (0: a jump is one model step): part of the setting, not of the weights."""
-    source = default_model_path() if model == "default" else Path(model)
-    return float(json.loads((source / "model.json").read_text())["config"].get("max_step_ps", 0.0))
+    return float(_config_value(_checkpoint(model)[1], "max_step_ps"))
 
 
 def setting_slug(jump_ps: float, relax: RelaxSettings, tau: float | None, step: float | None) -> str:
@@ -188,8 +196,7 @@ def hybrid_run(folder: Path, run_dir: Path, frames: int, jump_ps: float, model: 
 
 
 def run_row(folder: Path, work: Path, jump_ps: float, relax: RelaxSettings, tau: float | None, step: float | None,
-            args,
-            md_before: dict | None, platform: openmm.Platform, model_sha: str | None) -> dict:
+            args, md_before: dict | None, platform: openmm.Platform, model_sha: str | None) -> dict:
     """One (system, setting) row: hybrid run, size-matched fidelity, energies, validity, speed-up.
 
     Plain MD is timed just before and just after the hybrid run (``md_before``, measured here when None, and a

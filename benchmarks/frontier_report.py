@@ -96,6 +96,12 @@ def fmt(value, digits: int = 3) -> str:
     return value if isinstance(value, str) else ("n/a" if not math.isfinite(value) else f"{value:.{digits}f}")
 
 
+def ctx_label(row: dict) -> str:
+    """The row's inference history noise: ``model`` where the model's own was used."""
+    tau = row["ctx_tau_inference"]
+    return "model" if tau is None else fmt(tau, 2)
+
+
 def step_label(row: dict) -> str:
     """The row's longest model step: rows from before the setting existed drew each jump in one step."""
     step = row.get("max_step_ps") or 0.0
@@ -117,8 +123,7 @@ def markdown(result: dict) -> str:
         raw = [r["run"]["raw_valid_fraction"]] if "raw_valid_fraction" in r["run"] else []
         cells = " | ".join(f"{fmt(s['generated'].get(k))} / {fmt(s['md'].get(k))}" for k, _ in pairs)
         lines.append(f"| {r['system']} | {format_time(r['jump_ps'])} | {r['relax']} | "
-                     f"{fmt(r['ctx_tau_inference'], 2) if r['ctx_tau_inference'] is not None else 'model'} | "
-                     f"{step_label(r)} | {r['frames']} | {fmt(r['hybrid'].get('ns_per_day'), 0)} | "
+                     f"{ctx_label(r)} | {step_label(r)} | {r['frames']} | {fmt(r['hybrid'].get('ns_per_day'), 0)} | "
                      f"{fmt(r['md']['ns_per_day'], 0)} | "
                      f"{fmt(r['speedup'], 1)} | {fmt(r.get('speedup_cpu'), 1)} | {cells} | "
                      f"{fmt(raw[0]) if raw else 'not recorded'} | {fmt(r['run'].get('rejection_rate'))} | "
@@ -139,10 +144,9 @@ def markdown(result: dict) -> str:
         for r in tetra:
             c = tic1_check(r)
             bounds = "0.5-2x" if "bounds_ps" not in c else f"{c['bounds_ps'][0]:.0f}-{c['bounds_ps'][1]:.0f}"
-            tau = fmt(r['ctx_tau_inference'], 2) if r['ctx_tau_inference'] is not None else 'model'
-            lines.append(f"| {r['system']} | {format_time(r['jump_ps'])} | {r['relax']} | {tau} | {step_label(r)} | "
-                         f"{fmt(c['gen_tau_ps'], 0)} | {fmt(c['md_tau_ps'], 0)} | {fmt(c['md_frames'], 1)} | "
-                         f"{c['rule']} | {bounds} | {'yes' if c['met'] else 'no'} |")
+            lines.append(f"| {r['system']} | {format_time(r['jump_ps'])} | {r['relax']} | {ctx_label(r)} | "
+                         f"{step_label(r)} | {fmt(c['gen_tau_ps'], 0)} | {fmt(c['md_tau_ps'], 0)} | "
+                         f"{fmt(c['md_frames'], 1)} | {c['rule']} | {bounds} | {'yes' if c['met'] else 'no'} |")
         lines.append("")
     for setting, g in result["goals"].items():
         lines += [f"## Goals at {setting}", "", "| Goal | Value | Met |", "|---|---|---|"]

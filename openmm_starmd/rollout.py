@@ -101,9 +101,9 @@ class Rollout:
         self.replicas = None if replicas is None else int(replicas)
         self.num_steps = num_steps
         self.temperature_k = temperature_k
-        self.max_step_ps = self.config.max_step_ps if max_step_ps is None else float(max_step_ps)
-        if not (self.max_step_ps >= 0 and math.isfinite(self.max_step_ps)):
-            raise StarMDError(f"max_step_ps must be 0 (one step) or a positive number of ps, got {self.max_step_ps}")
+        # an override goes through the config's own validation
+        steps_from = self.config if max_step_ps is None else self.config.replace(max_step_ps=float(max_step_ps))
+        self.max_step_ps = steps_from.max_step_ps
         self.diffusion = FrameDiffusion(self.config)
         self._batched: dict[int, Residues] = {}
         self._hist = [self._empty() for _ in range(self.replicas or 1)]
