@@ -99,6 +99,8 @@ class Rollout:
         if replicas is not None and int(replicas) < 1:
             raise StarMDError(f"replicas must be at least 1, got {replicas}")
         self.replicas = None if replicas is None else int(replicas)
+        if num_steps is not None:  # checked now, applied per model step (see _sampler)
+            self.config.replace(num_sampler_steps=int(num_steps))
         self.num_steps = num_steps
         self.temperature_k = temperature_k
         # an override goes through the config's own validation
@@ -294,7 +296,7 @@ class Rollout:
             for s in range(max(steps)):
                 live = [p for p in range(len(idx)) if steps[p] > s]
                 rot, trans, chi = self._draw([dts[p] / steps[p] for p in live], [gens[p] for p in live],
-                                             [idx[p] for p in live])
+                                             [idx[p] for p in live], [steps[p] == s + 1 for p in live])
                 for j, p in enumerate(live):
                     if steps[p] == s + 1:
                         result[p] = (rot[j], trans[j]) + (() if chi is None else (chi[j],))
@@ -321,12 +323,23 @@ class Rollout:
             return 1
         return max(1, math.ceil(dt_ps / self.max_step_ps - 1e-9))
 
-    def _draw(self, dts: list[float], gens: list[torch.Generator],
-              idx: list[int]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
-        """One model step for replicas ``idx``: rotations ``[R', N, 3, 3]``, translations ``[R', N, 3]`` nm and
-        χ ``[R', M, N, 4]`` rad (None without a χ head), in the order of ``idx``."""
+    def _sampler(self, last: bool) -> tuple[bool, int]:
+        """(ODE?, sampler steps) of a model step, the last of its jump or not; the ``num_steps`` override
+        takes the place of the config's ``num_sampler_steps``."""
+        cfg = self.config if self.num_steps is None else self.config.replace(num_sampler_steps=int(self.num_steps))
+        return cfg.deterministic_step(last), cfg.sampler_steps(last)
+
+    def _draw(self, dts: list[float], gens: list[torch.Generator], idx: list[int],
+              last: list[bool]) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+        """One model step for replicas ``idx`` (``last``: the last step of each one's jump, which may take another
+        sampler): rotations ``[R', N, 3, 3]``, translations ``[R', N, 3]`` nm and χ ``[R', M, N, 4]`` rad (None
+        without a χ head), in the order of ``idx``. Replicas that share a history length and a sampler share one
+        forward pass; each draws from its own generator, so the grouping changes no draw."""
         out: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
-        for count, pos in self._groups(idx):
+        groups: dict[tuple[int, tuple[bool, int]], list[int]] = {}
+        for p, k in enumerate(idx):
+            groups.setdefault((self._hist[k].count, self._sampler(last[p])), []).append(p)
+        for (count, (deterministic, num_steps)), pos in sorted(groups.items()):
             hs = [self._hist[idx[p]] for p in pos]
             G = len(hs)
             ref_rot = torch.stack([h.last[0] for h in hs])[:, None]
@@ -337,7 +350,7 @@ class Rollout:
                                     self._stacked_cache(hs), temperature_k=self.temperature_k)
             draw_gens = gens[0] if self.replicas is None else [gens[p] for p in pos]
             rel_rot, rel_x = sample_relative(denoise, (G, 1, self.num_residues), self.diffusion, draw_gens,
-                                             self.device, self.num_steps)
+                                             self.device, num_steps, deterministic)
             rot, trans = absolute(ref_rot, ref_trans, rel_rot, rel_x, self.config.translation_scale)
             back_rot, back_trans = invert(torch.stack([h.align[0] for h in hs]), torch.stack([h.align[1] for h in hs]))
             rot = back_rot[:, None] @ rot[:, 0]

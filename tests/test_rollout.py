@@ -297,9 +297,10 @@ def test_long_jump_in_model_steps_equals_stepping_by_hand_and_a_rejected_draw_le
         Rollout(net, feats, max_step_ps=-1.0)
 
 
-def test_replicas_take_their_own_number_of_model_steps(cln025):
+@pytest.mark.parametrize("ode", [None, "last", "intermediate"])
+def test_replicas_take_their_own_number_of_model_steps(cln025, ode):
     rot, trans, feats = cln025
-    net = randomised()
+    net = randomised() if ode is None else randomised(deterministic_sampler=True, deterministic_steps=ode)
     batch = Rollout(net, feats, num_steps=2, replicas=2, max_step_ps=300.0)
     singles = [Rollout(net, feats, num_steps=2, max_step_ps=300.0) for _ in range(2)]
     batch.push(rot[:2], trans[:2])
@@ -313,3 +314,55 @@ def test_replicas_take_their_own_number_of_model_steps(cln025):
         torch.testing.assert_close(b_trans[k], s_trans, atol=2e-5, rtol=0)
     batch.push(b_rot, b_trans)
     assert batch.counts == [4, 2]
+
+
+@pytest.mark.parametrize("ode", ["last", "intermediate"])
+def test_the_ode_takes_only_the_model_steps_it_is_set_for(cln025, ode):
+    rot, trans, feats = cln025
+    net = randomised(deterministic_sampler=True, deterministic_steps=ode)
+    stepped = _pushed(net, feats, rot[:3], trans[:3], num_steps=3, max_step_ps=250.0)
+    by_hand = _pushed(net, feats, rot[:3], trans[:3], num_steps=3)
+    sde, ode_config = net.config.replace(deterministic_sampler=False), net.config.replace(deterministic_steps="all")
+    first, last = (sde, ode_config) if ode == "last" else (ode_config, sde)
+
+    def four_steps(ro: Rollout, last_config) -> tuple[torch.Tensor, torch.Tensor]:
+        gen = torch.Generator().manual_seed(5)
+        ro.config = first
+        for _ in range(3):
+            ro.push(*ro.sample(250.0, gen))
+        ro.config = last_config
+        return ro.sample(250.0, gen)
+
+    want = four_steps(by_hand, last)
+    got = stepped.sample(1000.0, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=0)
+    # the same steps with the intermediate steps' sampler on the last one too are another draw
+    other = four_steps(_pushed(net, feats, rot[:3], trans[:3], num_steps=3), first)
+    assert (other[1] - want[1]).abs().max() > 1e-3
+    # one-step draws are their own last step
+    single = _pushed(net, feats, rot[:3], trans[:3], num_steps=3)
+    reference = _pushed(net, feats, rot[:3], trans[:3], num_steps=3)
+    reference.config = last
+    a = single.sample(250.0, torch.Generator().manual_seed(2))
+    b = reference.sample(250.0, torch.Generator().manual_seed(2))
+    torch.testing.assert_close(a[1], b[1], atol=1e-6, rtol=0)
+    with pytest.raises(StarMDError, match="deterministic_steps"):
+        net.config.replace(deterministic_steps="first")
+
+
+def test_intermediate_model_steps_take_their_own_sampler_steps(cln025):
+    rot, trans, feats = cln025
+    net = randomised(num_sampler_steps=3, intermediate_sampler_steps=2, deterministic_sampler=True,
+                     deterministic_steps="last")
+    stepped = _pushed(net, feats, rot[:3], trans[:3], max_step_ps=250.0)
+    by_hand = _pushed(net, feats, rot[:3], trans[:3])
+    gen = torch.Generator().manual_seed(5)
+    by_hand.config = net.config.replace(num_sampler_steps=2, deterministic_sampler=False)
+    for _ in range(3):
+        by_hand.push(*by_hand.sample(250.0, gen))
+    by_hand.config = net.config
+    want = by_hand.sample(250.0, gen)
+    got = stepped.sample(1000.0, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(got[1], want[1], atol=1e-5, rtol=0)
+    with pytest.raises(StarMDError, match="intermediate_sampler_steps"):
+        net.config.replace(intermediate_sampler_steps=-1)

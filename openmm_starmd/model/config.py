@@ -14,6 +14,8 @@ from typing import Any
 from openmm_starmd.errors import StarMDError
 from openmm_starmd.units import ANGSTROM_PER_NM
 
+DETERMINISTIC_STEPS = ("all", "last", "intermediate")
+
 
 @dataclass(frozen=True)
 class ModelConfig:
@@ -78,6 +80,11 @@ class ModelConfig:
     # join the history (Rollout); 0: every jump in one step
     max_step_ps: float = 0.0
     deterministic_sampler: bool = False  # probability-flow ODE instead of the reverse SDE
+    # which model steps of a jump drawn in several (max_step_ps) take the ODE when deterministic_sampler is
+    # set: "all", "last" (the frame the caller gets) or "intermediate" (the frames only the history sees)
+    deterministic_steps: str = "all"
+    # sampler steps of those intermediate model steps (0: num_sampler_steps, like the last)
+    intermediate_sampler_steps: int = 0
     # translation integrator: "exponential" (exact over each step for the frozen denoiser) or "euler"
     # (Euler–Maruyama); rotations always take geodesic Euler–Maruyama steps
     sampler_method: str = "exponential"
@@ -94,12 +101,18 @@ class ModelConfig:
             raise StarMDError(f"window must be at least 2 frames, got {self.window}")
         if self.sampler_method not in ("exponential", "euler"):
             raise StarMDError(f"sampler_method must be 'exponential' or 'euler', got {self.sampler_method!r}")
+        if self.deterministic_steps not in DETERMINISTIC_STEPS:
+            raise StarMDError(f"deterministic_steps must be one of {', '.join(DETERMINISTIC_STEPS)}, got "
+                              f"{self.deterministic_steps!r}")
         if self.chi_bins < 2:
             raise StarMDError(f"chi_bins must be at least 2, got {self.chi_bins}")
         if self.chi_draws < 1:
             raise StarMDError(f"chi_draws must be at least 1, got {self.chi_draws}")
         if not (self.max_step_ps >= 0 and math.isfinite(self.max_step_ps)):
             raise StarMDError(f"max_step_ps must be 0 (one step per jump) or a positive ps, got {self.max_step_ps}")
+        if self.intermediate_sampler_steps < 0:
+            raise StarMDError(f"intermediate_sampler_steps must be 0 (as num_sampler_steps) or more, got "
+                              f"{self.intermediate_sampler_steps}")
         if self.num_sampler_steps < 1:
             raise StarMDError(f"num_sampler_steps must be at least 1, got {self.num_sampler_steps}")
         low, high = self.temperature_range_k
@@ -110,6 +123,17 @@ class ModelConfig:
     @property
     def head_dim(self) -> int:
         return self.width // self.num_heads
+
+    def deterministic_step(self, last: bool) -> bool:
+        """Whether a model step integrates the probability-flow ODE: ``last`` is the last step of its jump
+        (the frame the caller gets; a jump of one step is its own last)."""
+        return self.deterministic_sampler and self.deterministic_steps in ("all", "last" if last else "intermediate")
+
+    def sampler_steps(self, last: bool) -> int:
+        """Sampler steps of a model step: ``last`` as in :meth:`deterministic_step`."""
+        if last or not self.intermediate_sampler_steps:
+            return self.num_sampler_steps
+        return self.intermediate_sampler_steps
 
     @property
     def translation_scale(self) -> float:
@@ -166,7 +190,8 @@ def check_temperature(config: ModelConfig, temperature_k: float, slack_k: float 
 
 
 _ADDED_FIELDS = ("temperature_condition", "temperature_range_k", "chi_bins", "chi_loss_weight", "chi_draws",
-                 "max_step_ps")
+                 "max_step_ps", "deterministic_steps",
+                 "intermediate_sampler_steps")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 PRESETS: dict[str, ModelConfig] = {
