@@ -2,7 +2,7 @@
 
 For every system (chignolin CLN025, all its replicas as the reference, and the tetrapeptides of the data
 folder) and every setting (jump x relaxation variant x inference history noise ``ctx_tau_inference`` x longest
-model step ``max_step_ps``):
+model step ``max_step_ps``; ``--model-config`` changes how the model samples, e.g. its sampler, for every row):
 
 - plain OpenMM ns/day: a short run of that system in this process (``--md-steps``, implicit-fast, the
   platform the hybrid uses);
@@ -48,6 +48,7 @@ from openmm_starmd.analysis.size_matched import size_matched_files
 from openmm_starmd.analysis.validity import frame_validity
 from openmm_starmd.atomic import atomic_write, atomic_write_json
 from openmm_starmd.data.dataset import find_atlas_folders
+from openmm_starmd.errors import StarMDError
 from openmm_starmd.forcefields import PRESETS, build_system, fastest_platform, make_integrator
 from openmm_starmd.model.checkpoint import default_model_path
 from openmm_starmd.model.config import ModelConfig
@@ -100,15 +101,65 @@ def _config_value(info: dict, name: str) -> float:
     return info["config"].get(name, getattr(ModelConfig(), name))
 
 
-def model_variant(model: str, work: Path, **changes: float | None) -> str:
+# --model-config: config fields that only change how a checkpoint samples (its weights stay as trained)
+INFERENCE_FIELDS = ("deterministic_sampler", "deterministic_steps", "num_sampler_steps", "intermediate_sampler_steps",
+                    "sampler_time_power", "sampler_method", "chi_draws")
+
+
+def parse_model_config(text: str | None) -> dict[str, float | int | str | bool]:
+    """``KEY=VALUE,...`` of :data:`INFERENCE_FIELDS`, each value parsed as its field's type."""
+    if not text:
+        return {}
+    defaults, changes = ModelConfig(), {}
+    for item in text.split(","):
+        name, _, value = item.partition("=")
+        if name not in INFERENCE_FIELDS or not value:
+            raise SystemExit(f"--model-config takes KEY=VALUE of {', '.join(INFERENCE_FIELDS)}; got {item!r}")
+        kind = type(getattr(defaults, name))
+        if kind is bool:
+            if value not in ("true", "false"):
+                raise SystemExit(f"--model-config {name} takes true or false, got {value!r}")
+            changes[name] = value == "true"
+        else:
+            try:
+                changes[name] = kind(value)
+            except ValueError:
+                raise SystemExit(f"--model-config {name} takes a {kind.__name__}, got {value!r}") from None
+    try:
+        defaults.replace(**changes)
+    except StarMDError as exc:
+        raise SystemExit(f"--model-config: {exc}") from None
+    return changes
+
+
+def config_slug(changes: dict) -> str:
+    return "_".join(f"{k}{v:g}" if isinstance(v, float) else f"{k}-{v}" for k, v in sorted(changes.items()))
+
+
+def sampler_label(model: str) -> str:
+    """The sampler of a checkpoint's config in words, e.g. ``ODE on the last model step, SDE before; 20 steps``."""
+    info = _checkpoint(model)[1]
+    ode, which = _config_value(info, "deterministic_sampler"), _config_value(info, "deterministic_steps")
+    steps, inter = _config_value(info, "num_sampler_steps"), _config_value(info, "intermediate_sampler_steps")
+    text = {"all": "ODE", "last": "ODE on the last model step, SDE before",
+            "intermediate": "ODE on the intermediate model steps, SDE on the last"}[which] if ode else "SDE"
+    return f"{text}; {steps:g} sampler steps" + (f" ({inter:g} on intermediate model steps)" if inter else "")
+
+
+def model_variant(model: str, work: Path, **changes: float | str | bool | None) -> str:
     """A checkpoint folder that is ``model`` with some inference fields of its config changed (None: keep; the model
     itself when nothing changes). The weights are copied, the config edited: a setting of the benchmark, not a new
     model."""
     source, info = _checkpoint(model)
-    changes = {k: v for k, v in changes.items() if v is not None and not math.isclose(_config_value(info, k), v)}
+    def same(name: str, value: float | str | bool) -> bool:
+        old = _config_value(info, name)
+        numeric = isinstance(value, float) and not isinstance(old, (str, bool))
+        return math.isclose(old, value) if numeric else old == value
+
+    changes = {k: v for k, v in changes.items() if v is not None and not same(k, v)}
     if not changes:
         return model
-    folder = work / "models" / "_".join([source.name] + [f"{k}{v:g}" for k, v in sorted(changes.items())])
+    folder = work / "models" / f"{source.name}_{config_slug(changes)}"
     if not (folder / "model.json").is_file():
         folder.mkdir(parents=True, exist_ok=True)
         for item in source.iterdir():
@@ -203,11 +254,14 @@ def run_row(folder: Path, work: Path, jump_ps: float, relax: RelaxSettings, tau:
     new measurement) and their mean speed is the row's reference: on a shared machine the load changes within
     minutes. A cached row is returned without timing anything."""
     name = folder.name
-    row_dir = work / name / setting_slug(jump_ps, relax, tau, step)
+    changes = parse_model_config(args.model_config)
+    row_dir = work / name / (setting_slug(jump_ps, relax, tau, step) + (f"_{config_slug(changes)}" if changes else ""))
     max_step_ps = model_max_step_ps(args.model) if step is None else step
     key = {"system": name, "jump_ps": jump_ps, "relax": relax.describe(), "ctx_tau_inference": tau,
            "frames_requested": args.frames, "model": args.model, "model_sha256": model_sha, "seed": args.seed,
            "lag": args.lag, "max_step_ps": max_step_ps}
+    if changes:  # only then, so rows cached before the option existed keep their key
+        key["model_config"] = changes
     cached = row_dir / "row.json"
     if cached.is_file():
         row = json.loads(cached.read_text())
@@ -216,7 +270,7 @@ def run_row(folder: Path, work: Path, jump_ps: float, relax: RelaxSettings, tau:
             return row
     if md_before is None:
         md_before = md_speed(folder, args.md_steps, platform)
-    model = model_variant(args.model, work, ctx_tau_inference=tau, max_step_ps=step)
+    model = model_variant(args.model, work, ctx_tau_inference=tau, max_step_ps=step, **changes)
     start = time.perf_counter()
     load_before = os.getloadavg()[0]
     # Frames already written (a killed run's run.json lags behind its checkpoint; its XTC never does).
@@ -279,6 +333,10 @@ def main() -> None:
                         help="longest model steps max_step_ps a jump is drawn in, e.g. 250ps (0: one step a jump; "
                              "default: the model's own)")
     parser.add_argument("--model", default="default", help="STAR-MD checkpoint folder or default")
+    parser.add_argument("--model-config",
+                        help="sampling fields of the model's config for every row, KEY=VALUE,... of "
+                             f"{', '.join(INFERENCE_FIELDS)} "
+                             "(e.g. deterministic_sampler=true,deterministic_steps=last)")
     parser.add_argument("--lag", help="TICA lag of the size-matched comparison (default: one jump)")
     parser.add_argument("--md-steps", type=int, default=2500, help="timed plain-MD steps per system (default 2500)")
     parser.add_argument("--seed", type=int, default=0)
@@ -289,6 +347,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
+    parse_model_config(args.model_config)  # a bad value stops here, before anything runs
     folders = find_atlas_folders(args.data)
     if args.systems:
         unknown = set(args.systems) - {f.name for f in folders}
@@ -347,7 +406,10 @@ def main() -> None:
         by_setting.setdefault(f"jump {format_time(r['jump_ps'])}, relax {r['relax']}, ctx τ "
                               f"{'model' if r['ctx_tau_inference'] is None else r['ctx_tau_inference']}, model step "
                               f"{step_label(r)}", []).append(r)
-    result = {"header": f"Model `{args.model}` (sha256 {sha[:12] if sha else '-'}…), {args.frames} jumps per row, seed "
+    sampler = sampler_label(model_variant(args.model, work, **parse_model_config(args.model_config)))
+    result = {"header": f"Model `{args.model}` (sha256 {sha[:12] if sha else '-'}…), sampler: {sampler}"
+                        f"{'' if not args.model_config else ' (--model-config ' + args.model_config + ')'}; "
+                        f"{args.frames} jumps per row, seed "
                         f"{args.seed}, {PRESET}, platform {platform.getName()}, {os.cpu_count()}-core CPU (1-min load "
                         f"{os.getloadavg()[0]:.1f}), OpenMM {openmm.__version__}, mdtraj {md.__version__}; "
                         "hybrid ns/day from the run's cycle clock; plain MD ns/day measured in the same process "
