@@ -165,14 +165,13 @@ def hybrid_run(folder: Path, run_dir: Path, frames: int, jump_ps: float, model: 
 
 
 def run_row(folder: Path, work: Path, jump_ps: float, relax: RelaxSettings, tau: float | None, step: float | None,
-            args, md_before: dict | None, platform: openmm.Platform, model_sha: str | None) -> dict:
+            args, md_before: dict | None, platform: openmm.Platform, model_sha: str | None, changes: dict) -> dict:
     """One (system, setting) row: hybrid run, size-matched fidelity, energies, validity, speed-up.
 
     Plain MD is timed just before and just after the hybrid run (``md_before``, measured here when None, and a
     new measurement) and their mean speed is the row's reference: on a shared machine the load changes within
-    minutes. A cached row is returned without timing anything."""
+    minutes. A cached row is returned without timing anything. ``changes``: the ``--model-config`` fields."""
     name = folder.name
-    changes = parse_model_config(args.model_config)
     row_dir = work / name / (setting_slug(jump_ps, relax, tau, step) + (f"_{config_slug(changes)}" if changes else ""))
     max_step_ps = model_max_step_ps(args.model) if step is None else step
     key = {"system": name, "jump_ps": jump_ps, "relax": relax.describe(), "ctx_tau_inference": tau,
@@ -265,7 +264,7 @@ def main() -> None:
     args = parser.parse_args()
     torch.set_num_threads(1)
 
-    parse_model_config(args.model_config)  # a bad value stops here, before anything runs
+    changes = parse_model_config(args.model_config)  # a bad value stops here, before anything runs
     folders = find_atlas_folders(args.data)
     if args.systems:
         unknown = set(args.systems) - {f.name for f in folders}
@@ -309,7 +308,7 @@ def main() -> None:
             slug = setting_slug(jump_ps, relax, tau, step)
             print(f"[{len(rows) + 1}/{len(plan)}] {folder.name} {slug}: row estimated "
                   f"{estimate_s(args.frames, relax, step_s):.0f} s", flush=True)
-            row = run_row(folder, work, jump_ps, relax, tau, step, args, md_row, platform, sha)
+            row = run_row(folder, work, jump_ps, relax, tau, step, args, md_row, platform, sha, changes)
             if row.get("finished_unix", 0.0) >= start_unix:  # computed now, not read from the cache
                 md_row = row["md"].get("after", md_row)
             rows.append(row)
@@ -324,7 +323,7 @@ def main() -> None:
         by_setting.setdefault(f"jump {format_time(r['jump_ps'])}, relax {r['relax']}, ctx τ "
                               f"{'model' if r['ctx_tau_inference'] is None else r['ctx_tau_inference']}, model step "
                               f"{step_label(r)}", []).append(r)
-    sampler = sampler_label(model_variant(args.model, work, **parse_model_config(args.model_config)))
+    sampler = sampler_label(model_variant(args.model, work, **changes))
     result = {"header": f"Model `{args.model}` (sha256 {sha[:12] if sha else '-'}…), sampler: {sampler}"
                         f"{'' if not args.model_config else ' (--model-config ' + args.model_config + ')'}; "
                         f"{args.frames} jumps per row, seed "

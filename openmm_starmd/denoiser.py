@@ -103,7 +103,7 @@ def sample_full_history(
     denoise = make_denoiser(model, diffusion, residues, ref_rot, ref_trans, dt_ps, index, None, clean)
     N = rotations.shape[1]
     rel_rot, rel_x = sample_relative(denoise, (1, 1, N), diffusion, generator, n_rot.device, num_steps,
-                                      model.config.deterministic_step(last=True))
+                                      cfg.deterministic_step(last=True))
     rot, trans = absolute(ref_rot, ref_trans, rel_rot, rel_x, cfg.translation_scale)
     return rot[0, 0], trans[0, 0]
 

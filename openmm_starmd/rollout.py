@@ -165,11 +165,12 @@ class Rollout:
             raise StarMDError("push got non-finite frames: check the structure passed to the rollout")
         return (rot[None], trans[None]) if self.replicas is None else (rot, trans)
 
-    def _groups(self, idx: list[int]) -> list[tuple[int, list[int]]]:
-        """Positions in ``idx`` grouped by history length (one forward pass per group)."""
-        groups: dict[int, list[int]] = {}
+    def _groups(self, idx: list[int], tags: list[Any] | None = None) -> list[tuple[tuple[int, Any], list[int]]]:
+        """Positions in ``idx`` grouped by history length and, if given, by ``tags[p]`` (one forward pass per
+        group): ``[((count, tag), positions), ...]``."""
+        groups: dict[tuple[int, Any], list[int]] = {}
         for p, k in enumerate(idx):
-            groups.setdefault(self._hist[k].count, []).append(p)
+            groups.setdefault((self._hist[k].count, None if tags is None else tags[p]), []).append(p)
         return sorted(groups.items())
 
     def _stacked_cache(self, hs: list[History]) -> KVCache:
@@ -209,7 +210,7 @@ class Rollout:
     def _append(self, rot: torch.Tensor, trans: torch.Tensor, idx: list[int]) -> None:
         """Push ``[R', N, 3, 3]``, ``[R', N, 3]`` nm frames onto the histories of replicas ``idx``."""
         cfg = self.config
-        for count, pos in self._groups(idx):
+        for (count, _), pos in self._groups(idx):
             hs = [self._hist[idx[p]] for p in pos]
             r, t = self._take(rot, pos), self._take(trans, pos)
             G = len(hs)
@@ -336,10 +337,8 @@ class Rollout:
         without a χ head), in the order of ``idx``. Replicas that share a history length and a sampler share one
         forward pass; each draws from its own generator, so the grouping changes no draw."""
         out: list[tuple[list[int], torch.Tensor, torch.Tensor, torch.Tensor | None]] = []
-        groups: dict[tuple[int, tuple[bool, int]], list[int]] = {}
-        for p, k in enumerate(idx):
-            groups.setdefault((self._hist[k].count, self._sampler(last[p])), []).append(p)
-        for (count, (deterministic, num_steps)), pos in sorted(groups.items()):
+        samplers = {flag: self._sampler(flag) for flag in set(last)}
+        for (count, (deterministic, num_steps)), pos in self._groups(idx, [samplers[flag] for flag in last]):
             hs = [self._hist[idx[p]] for p in pos]
             G = len(hs)
             ref_rot = torch.stack([h.last[0] for h in hs])[:, None]

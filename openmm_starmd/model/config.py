@@ -190,8 +190,7 @@ def check_temperature(config: ModelConfig, temperature_k: float, slack_k: float 
 
 
 _ADDED_FIELDS = ("temperature_condition", "temperature_range_k", "chi_bins", "chi_loss_weight", "chi_draws",
-                 "max_step_ps", "deterministic_steps",
-                 "intermediate_sampler_steps")
+                 "max_step_ps", "deterministic_steps", "intermediate_sampler_steps")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 PRESETS: dict[str, ModelConfig] = {
