@@ -4,11 +4,15 @@ sampler (:func:`sample_full_history`) that the cached :class:`~openmm_starmd.rol
 
 from __future__ import annotations
 
+import warnings
+from dataclasses import replace
+
 import torch
+from torch import nn
 
 from openmm_starmd.diffusion.sampler import FrameDiffusion, sample_relative
 from openmm_starmd.frames.rigid import superpose_chain
-from openmm_starmd.model.network import KVCache, StarMDNetwork, log_dt_tensor
+from openmm_starmd.model.network import KVCache, StarMDNetwork, TrunkContext, log_dt_tensor
 from openmm_starmd.model.tokens import Residues, absolute, apply_frame_noise, clean_inputs, frame_noise, noisy_inputs
 
 
@@ -27,38 +31,101 @@ def context_noise(
     return apply_frame_noise(rot, trans, omega[0, 0], local[0, 0])
 
 
+class _Evaluation(nn.Module):
+    """One network evaluation of a draw (noisy tokens → clean prediction) with the draw's structure fixed,
+    in the positional-tensor form :func:`torch.jit.trace` records: ``(rel_rot, x, sig_rot, alpha, sig_tr,
+    ref_rot, ref_trans, rope cos, rope sin, k_0, v_0, ..., modulations...)``."""
+
+    def __init__(self, net: StarMDNetwork, res: Residues, ctx: TrunkContext, mod_sizes: list[int]) -> None:
+        super().__init__()
+        self.net, self.res, self.ctx, self.mod_sizes = net, res, ctx, mod_sizes
+        self.num_past = 0 if ctx.past is None else len(ctx.past)
+
+    def forward(self, *t: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        rel_rot, x, sig_rot, alpha, sig_tr, ref_rot, ref_trans, cos, sin = t[:9]
+        rest = t[9:]
+        past = [(rest[2 * i], rest[2 * i + 1]) for i in range(self.num_past)] or None
+        flat = rest[2 * self.num_past:]
+        mods, start = [], 0
+        for n in self.mod_sizes:
+            mods.append(tuple(flat[start:start + n]))
+            start += n
+        ctx = replace(self.ctx, rope=(cos, sin), past=past)
+        scale = self.net.config.translation_scale
+        feats, n_rot, n_trans = noisy_inputs(self.res, ref_rot, ref_trans, rel_rot, x, scale, sig_rot)
+        h, _ = self.net.run(ctx, feats, n_rot, n_trans, mods)
+        rot0, x0, chi = self.net.heads(h, rel_rot, x, sig_rot, alpha, sig_tr)
+        return (rot0, x0) if chi is None else (rot0, x0, chi)
+
+
+def _traced(evaluation: _Evaluation, inputs: list[torch.Tensor]) -> torch.jit.ScriptModule:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", torch.jit.TracerWarning)
+        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated; nothing replaces trace on CPU
+        return torch.jit.freeze(torch.jit.trace(evaluation.eval(), tuple(inputs), check_trace=False))
+
+
 def make_denoiser(
     net: StarMDNetwork, diffusion: FrameDiffusion, res: Residues, ref_rot: torch.Tensor, ref_trans: torch.Tensor,
     dt_ps: float | torch.Tensor, index: torch.Tensor, cache: KVCache | None,
     clean: dict[str, torch.Tensor] | None = None, temperature_k: float | None = None,
+    memo: dict[float, tuple] | None = None, traced: dict[tuple[int, int], torch.jit.ScriptModule] | None = None,
 ):
     """Denoiser closure for :func:`sample_relative`: one noisy group per batch element (``ref_rot``
     ``[B, 1, N, 3, 3]``, ``ref_trans`` ``[B, 1, N, 3]`` nm, Δt scalar or ``[B]`` ps) at frame ``index``
     attending to the cache (or, with ``clean``, to recomputed history groups in the same call). The χ logits
     ``[B, 1, N, 4, bins]`` of its latest call (the last one of a draw: the clean prediction at the smallest τ)
-    stay in ``denoise.chi_logits`` (None without a χ head)."""
+    stay in ``denoise.chi_logits`` (None without a χ head).
+
+    Everything but the noisy tokens is prepared once (:meth:`StarMDNetwork.prepare`); what depends on τ alone
+    (noise scales, adaLN modulations) is kept per τ in ``memo``, which a caller may pass to reuse across draws
+    with the same batch size, Δt, temperature and weights (a rollout's sampler visits the same τ every draw).
+    With ``traced`` (cache-attended draws only) each evaluation runs as a frozen TorchScript trace kept in that
+    dict per (batch size, cached frames): the same numbers without Python's per-op overhead, which sets the
+    cost of this small network on a CPU. A trace bakes in the weights and the residues, so the dict belongs to
+    one rollout of one model.
+    """
     cfg = net.config
     scale = cfg.translation_scale
     B = ref_trans.shape[0]
-    log_dt = log_dt_tensor(dt_ps, B, ref_trans.device)
+    device = ref_trans.device
+    log_dt = log_dt_tensor(dt_ps, B, device)
+    noisy = torch.ones(1, dtype=torch.bool, device=device)
+    if clean is None:
+        ctx = net.prepare(res.residue_type, res.residue_index, res.residue_mask, log_dt, index, noisy, cache,
+                          temperature_k)
+    else:
+        F = clean["features"].shape[1]
+        ctx = net.prepare(res.residue_type, res.residue_index, res.residue_mask, log_dt,
+                          torch.cat([clean["index"], index]),
+                          torch.cat([torch.zeros(F, dtype=torch.bool, device=device), noisy]), None, temperature_k)
+    per_tau = {} if memo is None else memo
+
+    def at_tau(tau: float) -> tuple:
+        if tau not in per_tau:
+            t = torch.full((B, 1), tau, device=device)
+            groups_tau = t if clean is None else torch.cat([clean["tau"], t], 1)
+            per_tau[tau] = (diffusion.sigmas(t), net.conditioning(ctx, groups_tau))
+        return per_tau[tau]
 
     def denoise(rel_rot: torch.Tensor, x: torch.Tensor, tau: float) -> tuple[torch.Tensor, torch.Tensor]:
-        t = torch.full((B, 1), tau, device=x.device)
-        sig_rot, alpha, sig_tr = diffusion.sigmas(t)
+        (sig_rot, alpha, sig_tr), mods = at_tau(tau)
+        if traced is not None and clean is None:
+            inputs = [rel_rot, x, sig_rot, alpha, sig_tr, ref_rot, ref_trans, *ctx.rope]
+            inputs += [t for kv in (ctx.past or []) for t in kv] + [m for group in mods for m in group]
+            key = (B, 0 if cache is None else cache.num_frames)
+            if key not in traced:
+                traced[key] = _traced(_Evaluation(net, res, ctx, [len(group) for group in mods]), inputs)
+            out = traced[key](*inputs)
+            denoise.chi_logits = out[2] if len(out) == 3 else None
+            return out[0], out[1]
         feats, n_rot, n_trans = noisy_inputs(res, ref_rot, ref_trans, rel_rot, x, scale, sig_rot)
-        noisy = torch.ones(1, dtype=torch.bool, device=x.device)
         if clean is None:
-            h, _ = net.trunk(feats, res.residue_type, res.residue_index, res.residue_mask, n_rot, n_trans, t,
-                             log_dt, index, noisy, cache, temperature_k)
+            h, _ = net.run(ctx, feats, n_rot, n_trans, mods)
         else:
-            F = clean["features"].shape[1]
-            h, _ = net.trunk(
-                torch.cat([clean["features"], feats], 1), res.residue_type, res.residue_index, res.residue_mask,
-                torch.cat([clean["rot"], n_rot], 1), torch.cat([clean["trans"], n_trans], 1),
-                torch.cat([clean["tau"], t], 1), log_dt, torch.cat([clean["index"], index]),
-                torch.cat([torch.zeros(F, dtype=torch.bool, device=x.device), noisy]), temperature_k=temperature_k,
-            )
-            h = h[:, F:]
+            h, _ = net.run(ctx, torch.cat([clean["features"], feats], 1), torch.cat([clean["rot"], n_rot], 1),
+                           torch.cat([clean["trans"], n_trans], 1), mods)
+            h = h[:, clean["features"].shape[1]:]
         rot0, x0, denoise.chi_logits = net.heads(h, rel_rot, x, sig_rot, alpha, sig_tr)
         return rot0, x0
 

@@ -57,8 +57,6 @@ def _same_device(a: torch.device | str, b: torch.device | str) -> bool:
     return a.index == b.index or a.index is None or b.index is None
 
 
-
-
 class Rollout:
     """Stateful STAR-MD sampler for one protein, optionally for R independent replicas of it at once.
 
@@ -82,12 +80,17 @@ class Rollout:
     max_step_ps
         Longest Δt (ps) of one model step; a longer Δt is drawn as equal steps (default: the config's;
         0: always one step).
+    traced
+        Run each network evaluation as a frozen TorchScript trace (one per replica count and cached-frame
+        count, ~0.4 s to build on a CPU): the same draws, about half the time per evaluation on a CPU. The
+        traces bake in the weights: a rollout assumes its model does not change while it runs.
     """
 
     def __init__(
         self, model: StarMDNetwork, residue_type: Any, residue_index: Any = None, residue_mask: Any = None,
         chain_break: Any = None, window: int | None = None, num_steps: int | None = None,
         replicas: int | None = None, temperature_k: float | None = None, max_step_ps: float | None = None,
+        traced: bool = True,
     ) -> None:
         self.model = model.eval()
         self.config = model.config
@@ -108,6 +111,11 @@ class Rollout:
         self.max_step_ps = steps_from.max_step_ps
         self.diffusion = FrameDiffusion(self.config)
         self._batched: dict[int, Residues] = {}
+        # (replicas drawn together, their Δt, temperature) -> τ -> noise scales and adaLN modulations: the sampler
+        # visits the same τ grid every draw, and neither depends on the history (weights are fixed while rolling out)
+        self._per_tau: dict[tuple, dict[float, tuple]] = {}
+        self.traced = bool(traced)
+        self._traced: dict[tuple[int, int], torch.jit.ScriptModule] = {}
         self._hist = [self._empty() for _ in range(self.replicas or 1)]
         # replica -> its history with the intermediate frames of its last multi-step draw (see push)
         self._pending: dict[int, History] = {}
@@ -345,8 +353,10 @@ class Rollout:
             ref_trans = torch.stack([h.last[1] for h in hs])[:, None]
             index = torch.full((1,), count, dtype=torch.long, device=self.device)
             dt = dts[pos[0]] if self.replicas is None else torch.tensor([dts[p] for p in pos], device=self.device)
+            memo = self._per_tau.setdefault((G, tuple(dts[p] for p in pos), self.temperature_k), {})
             denoise = make_denoiser(self.model, self.diffusion, self._residues_for(G), ref_rot, ref_trans, dt, index,
-                                    self._stacked_cache(hs), temperature_k=self.temperature_k)
+                                    self._stacked_cache(hs), temperature_k=self.temperature_k, memo=memo,
+                                    traced=self._traced if self.traced else None)
             draw_gens = gens[0] if self.replicas is None else [gens[p] for p in pos]
             rel_rot, rel_x = sample_relative(denoise, (G, 1, self.num_residues), self.diffusion, draw_gens,
                                              self.device, num_steps, deterministic)

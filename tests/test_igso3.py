@@ -43,6 +43,21 @@ def test_two_evaluations_agree_where_they_switch():
         assert torch.allclose(small[1], large[1], atol=1e-8)
 
 
+@pytest.mark.parametrize("sigma", [0.02, 0.3, 0.99, 1.0, 2.5])
+def test_angle_score_equals_the_score_of_log_f_and_score(sigma):
+    # one σ takes angle_score's own image sum below 1 (a wrong sign or factor there fails this)
+    omega = torch.linspace(0.0, math.pi, 101, dtype=torch.float64)
+    expected = igso3_module.log_f_and_score(omega, torch.full_like(omega, sigma))[1]
+    assert torch.allclose(igso3_module.angle_score(omega, sigma), expected, rtol=1e-10, atol=1e-9)
+    assert torch.allclose(igso3_module.angle_score(omega, torch.full_like(omega, sigma)), expected, rtol=1e-10)
+    igso3_module._IMAGE_CONSTANTS.clear()
+    with torch.inference_mode():  # constants first built by a rollout must still serve training
+        igso3_module.angle_score(omega, sigma)
+    grad_in = omega[1:-1].clone().requires_grad_(True)
+    igso3_module.angle_score(grad_in, sigma).sum().backward()
+    assert torch.isfinite(grad_in.grad).all()
+
+
 def test_limits(dist):
     omega = torch.linspace(0.0, math.pi, 200, dtype=torch.float64)
     # Large σ: the uniform (Haar) angle law (1 - cos ω)/π.

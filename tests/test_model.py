@@ -13,7 +13,7 @@ from openmm_starmd.data.featurize import featurize_topology
 from openmm_starmd.errors import StarMDError
 from openmm_starmd.frames.protein import frames_from_positions
 from openmm_starmd.frames.rigid import random_rotations
-from openmm_starmd.model.attention import FrameIPA
+from openmm_starmd.model.attention import FrameIPA, frame_geometry
 from openmm_starmd.model.checkpoint import load_model, save_model
 from openmm_starmd.model.config import ModelConfig, preset
 from openmm_starmd.model.network import StarMDNetwork, count_parameters
@@ -64,13 +64,13 @@ def test_frame_ipa_is_invariant_to_global_rigid_motion():
     mask = torch.ones(2, 7, dtype=torch.bool)
     mask[1, -2:] = False
     q = random_rotations((), gen)
-    out = layer(h, rot, trans, mask)
-    moved = layer(h, q @ rot, trans @ q.T + torch.tensor([3.0, -2.0, 1.0]), mask)
+    out = layer(h, frame_geometry(rot, trans, mask))
+    moved = layer(h, frame_geometry(q @ rot, trans @ q.T + torch.tensor([3.0, -2.0, 1.0]), mask))
     assert torch.allclose(out, moved, atol=1e-4)
     # and it does look at geometry: moving one residue changes the others' outputs
     trans2 = trans.clone()
     trans2[:, :, 0] += 0.5
-    assert not torch.allclose(out[:, :, 1:], layer(h, rot, trans2, mask)[:, :, 1:], atol=1e-4)
+    assert not torch.allclose(out[:, :, 1:], layer(h, frame_geometry(rot, trans2, mask))[:, :, 1:], atol=1e-4)
 
 
 def _training_forward(net: StarMDNetwork, rot: torch.Tensor, trans: torch.Tensor, feats) -> torch.Tensor:

@@ -131,8 +131,9 @@ def test_replicas_reproduce_single_runs_and_share_one_pass_per_step(cln025):
     rot, trans, feats = cln025
     net = randomised(ctx_tau_inference=0.05)
     R, steps, seeds = 3, 3, (5, 9, 2)
-    batch = Rollout(net, feats, num_steps=steps, replicas=R)
-    singles = [Rollout(net, feats, num_steps=steps) for _ in range(R)]
+    # eager: a trace inlines the blocks, and the hook below counts their calls
+    batch = Rollout(net, feats, num_steps=steps, replicas=R, traced=False)
+    singles = [Rollout(net, feats, num_steps=steps, traced=False) for _ in range(R)]
     gens = [torch.Generator().manual_seed(s) for s in seeds]
     single_gens = [torch.Generator().manual_seed(s) for s in seeds]
     for t in range(3):
@@ -157,12 +158,37 @@ def test_replicas_reproduce_single_runs_and_share_one_pass_per_step(cln025):
     assert batch.counts == [5, 5, 5]
 
 
+def test_traced_evaluations_give_the_eager_draws(cln025):
+    """The rollout's TorchScript traces (one per replica count and cached-frame count) reproduce the eager
+    network while the cache fills and slides, over multi-step jumps, for replicas with unequal histories."""
+    rot, trans, feats = cln025
+    net = randomised(ctx_tau_inference=0.05, chi_head=True)
+    runs = {}
+    for traced in (True, False):
+        ro = Rollout(net, feats, num_steps=3, replicas=2, max_step_ps=50.0, traced=traced)
+        ro.push(rot[:2], trans[:2])
+        ro.push(rot[2:3], trans[2:3], replicas=[1])  # replica 1 one frame ahead: two groups per model step
+        gens = [torch.Generator().manual_seed(s) for s in (1, 2)]
+        frames, chis = [], []
+        for _ in range(2 * net.config.window):  # each draw is two model steps: the cache slides
+            r, x = ro.sample(100.0, gens)
+            ro.push(r, x)
+            frames.append(x)
+            chis.append(ro.last_chi)
+        runs[traced] = torch.stack(frames), torch.stack(chis), set(ro._traced)
+    torch.testing.assert_close(runs[True][0], runs[False][0], atol=1e-5, rtol=0)
+    torch.testing.assert_close(runs[True][1], runs[False][1], atol=1e-5, rtol=0)
+    assert not runs[False][2]
+    # one trace per (replicas drawn together, cached frames), reused once the cache is full
+    assert {(1, 1), (1, 2), (1, net.config.window)} <= runs[True][2]
+
+
 def test_replicas_with_unequal_histories_are_grouped_and_stay_exact(cln025):
     """A replica that retried with half jumps has one frame more: sampled in its own pass, still exact."""
     rot, trans, feats = cln025
     net = randomised()
-    batch = Rollout(net, feats, num_steps=2, replicas=3)
-    singles = [Rollout(net, feats, num_steps=2) for _ in range(3)]
+    batch = Rollout(net, feats, num_steps=2, replicas=3, traced=False)  # eager: the hook counts block calls
+    singles = [Rollout(net, feats, num_steps=2) for _ in range(3)]  # traced
     batch.push(rot[:3], trans[:3])
     batch.push(rot[3:4], trans[3:4], replicas=[1])  # replica 1 only
     batch.push(rot[4:6], trans[4:6], replicas=[2, 0])  # in the order of the list

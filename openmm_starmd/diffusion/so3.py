@@ -10,7 +10,7 @@ import torch
 
 from openmm_starmd.diffusion.noise import Generators, igso3_sample, randn
 from openmm_starmd.diffusion.schedule import LogSigmaSchedule
-from openmm_starmd.frames.igso3 import IGSO3, log_f_and_score
+from openmm_starmd.frames.igso3 import IGSO3, angle_score
 from openmm_starmd.frames.rigid import so3_exp, so3_log
 
 _IGSO3_CACHE: dict[tuple[float, float], IGSO3] = {}
@@ -62,7 +62,7 @@ class SO3Diffuser:
         (:meth:`IGSO3.score` takes a plain square root there)."""
         v = rotvec.double()
         omega = torch.sqrt((v * v).sum(-1) + 1e-14)
-        _, dlog_f = log_f_and_score(omega, self.schedule.sigma(tau).double())
+        dlog_f = angle_score(omega, self.schedule.sigma(tau))
         return ((dlog_f / omega)[..., None] * v).to(rotvec.dtype)
 
     def noise_score(self, omega: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:

@@ -26,7 +26,7 @@ import torch
 
 from openmm_starmd.errors import StarMDError
 
-__all__ = ["IGSO3"]
+__all__ = ["IGSO3", "angle_score", "log_f_and_score"]
 
 _SWITCH_SIGMA = 1.0
 _IMAGES = 2  # Poisson images k = -2..2; omitted terms are below exp(-100) relative for σ < 1.
@@ -92,6 +92,48 @@ def log_f_and_score(omega: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Ten
         large = ~small
         log_f[large], dlog_f[large] = _log_f_large(omega[large], sigma[large])
     return log_f, dlog_f
+
+
+_IMAGE_CONSTANTS: dict[torch.device, tuple[torch.Tensor, ...]] = {}
+
+
+def _image_constants(device: torch.device) -> tuple[torch.Tensor, ...]:
+    """(2πk, −4πk, −4π²k², (−1)^k) for the images k = −2..2, float64 on ``device`` (built once)."""
+    if device not in _IMAGE_CONSTANTS:
+        with torch.inference_mode(False):  # constants made under inference mode could never enter autograd
+            k = torch.arange(-_IMAGES, _IMAGES + 1, dtype=torch.float64)
+            _IMAGE_CONSTANTS[device] = tuple(
+                x.to(device, copy=True) for x in (2.0 * math.pi * k, -4.0 * math.pi * k, -4.0 * math.pi**2 * k * k,
+                                                  1.0 - 2.0 * torch.remainder(k, 2.0))
+            )
+    return _IMAGE_CONSTANTS[device]
+
+
+def angle_score(omega: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
+    """``d log f/dω`` alone (what a score needs), float64, differentiable; equal to the second output of
+    :func:`log_f_and_score`. A single σ below 1 (one sampler step) takes the image sum directly, in about a
+    third of the operations.
+
+    Parameters
+    ----------
+    omega
+        Rotation angles ``[...]`` in rad, clamped to ``[1e-7, π]``.
+    sigma
+        Noise scales ``[...]`` (> 0) broadcast against ``omega``, or one scale.
+    """
+    sigma = torch.as_tensor(sigma, dtype=torch.float64, device=omega.device)
+    if sigma.numel() != 1 or not float(sigma) < _SWITCH_SIGMA:
+        return log_f_and_score(omega, sigma)[1]
+    two_pi_k, minus_four_pi_k, minus_four_pi2_k2, sign = _image_constants(omega.device)
+    omega = omega.double().clamp(_OMEGA_FLOOR, math.pi)
+    om = omega[..., None]
+    inv_2s2 = 0.5 / (sigma * sigma).reshape(())
+    # the terms of _log_f_small: e_k as there, b and db/dω over the images
+    e_k = sign * torch.exp((minus_four_pi_k * om + minus_four_pi2_k2) * inv_2s2)
+    shifted = om + two_pi_k
+    b = (e_k * shifted).sum(-1)
+    db = (e_k * (1.0 + shifted * minus_four_pi_k * inv_2s2)).sum(-1)
+    return db / b - omega * (2.0 * inv_2s2) - 0.5 / torch.tan(0.5 * omega)
 
 
 class IGSO3:
@@ -247,7 +289,7 @@ class IGSO3:
         v = rotvec.double()
         # Floor under the square root, not after it: keeps the gradient finite at rotvec = 0.
         omega = torch.sqrt((v * v).sum(-1).clamp_min(_OMEGA_FLOOR**2))
-        _, dlog_f = log_f_and_score(omega, sigma)
+        dlog_f = angle_score(omega, sigma)
         return (dlog_f / omega)[..., None].mul(v).to(rotvec.dtype)
 
     def score_norm(self, sigma: torch.Tensor | float) -> torch.Tensor:

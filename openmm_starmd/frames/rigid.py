@@ -16,6 +16,8 @@ mathematics is (the small-angle branches use Taylor series so that gradients sta
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 __all__ = [
@@ -44,6 +46,38 @@ __all__ = [
 _SMALL_ANGLE = 1e-2
 _EPS = 1e-12
 
+# Constant matrices of so3_exp and matrix_to_quaternion. _HAT maps v to the row-major [v]ₓ; _QUAT_MAP and
+# _QUAT_OFFSET map the row-major entries r_ij of R to the 16 entries of 4 q qᵀ.
+_HAT = torch.tensor([[0, 0, 0, 0, 0, -1, 0, 1, 0], [0, 0, 1, 0, 0, 0, -1, 0, 0], [0, -1, 0, 1, 0, 0, 0, 0, 0]],
+                    dtype=torch.float64)
+_EYE = torch.eye(3, dtype=torch.float64)
+
+
+def _quaternion_map() -> tuple[torch.Tensor, torch.Tensor]:
+    m = torch.zeros(9, 4, 4, dtype=torch.float64)
+    for k, signs in enumerate([(1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1)]):  # 4 q_k² = 1 ± r00 ± r11 ± r22
+        for j, sign in enumerate(signs):
+            m[4 * j, k, k] = sign
+    # off-diagonal 4 q_a q_b: (w,x) r21−r12, (w,y) r02−r20, (w,z) r10−r01, (x,y) r01+r10, (x,z) r02+r20, (y,z) r12+r21
+    for (a, b), (i, j, sign) in [((0, 1), (7, 5, -1)), ((0, 2), (2, 6, -1)), ((0, 3), (3, 1, -1)),
+                                 ((1, 2), (1, 3, 1)), ((1, 3), (2, 6, 1)), ((2, 3), (5, 7, 1))]:
+        for entry, value in ((i, 1), (j, sign)):
+            m[entry, a, b] = m[entry, b, a] = value
+    return m.reshape(9, 16), torch.ones(4, dtype=torch.float64).diag().reshape(16)
+
+
+_QUAT_MAP, _QUAT_OFFSET = _quaternion_map()
+_BASES: dict[tuple[int, torch.dtype, torch.device], torch.Tensor] = {}
+
+
+def _basis(constant: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+    """``constant`` in the dtype and on the device of ``like`` (converted once per process and kept)."""
+    key = (id(constant), like.dtype, like.device)
+    if key not in _BASES:
+        with torch.inference_mode(False):  # a copy made under inference mode could never enter autograd
+            _BASES[key] = constant.to(device=like.device, dtype=like.dtype, copy=True)
+    return _BASES[key]
+
 
 def identity_rotations(
     shape: tuple[int, ...], dtype: torch.dtype = torch.float32, device: torch.device | str | None = None
@@ -69,15 +103,13 @@ def compose(
     rot, trans
         ``rot_a @ rot_b`` ``[..., 3, 3]`` and ``rot_a @ trans_b + trans_a`` ``[..., 3]`` (nm).
     """
-    rot = rot_a @ rot_b
-    trans = torch.einsum("...ij,...j->...i", rot_a, trans_b) + trans_a
-    return rot, trans
+    return rot_a @ rot_b, _rotate(rot_a, trans_b) + trans_a
 
 
 def invert(rot: torch.Tensor, trans: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     """Inverse transform: ``(rotᵀ, -rotᵀ trans)`` for ``rot`` ``[..., 3, 3]``, ``trans`` ``[..., 3]`` nm."""
     rot_t = rot.transpose(-1, -2)
-    return rot_t, -torch.einsum("...ij,...j->...i", rot_t, trans)
+    return rot_t, -_rotate(rot_t, trans)
 
 
 def apply(rot: torch.Tensor, trans: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
@@ -93,12 +125,18 @@ def apply(rot: torch.Tensor, trans: torch.Tensor, points: torch.Tensor) -> torch
     points
         ``[..., 3]`` nm.
     """
-    return torch.einsum("...ij,...j->...i", rot, points) + trans
+    return _rotate(rot, points) + trans
 
 
 def apply_inverse(rot: torch.Tensor, trans: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """Map global points into the frame: ``rotᵀ (p - trans)``; shapes as in :func:`apply`."""
-    return torch.einsum("...ji,...j->...i", rot, points - trans)
+    return _rotate(rot.transpose(-1, -2), points - trans)
+
+
+def _rotate(rot: torch.Tensor, vec: torch.Tensor) -> torch.Tensor:
+    """``rot @ vec`` for ``rot`` ``[..., 3, 3]`` and ``vec`` ``[..., 3]`` (broadcast). One batched matmul: on
+    small tensors per-op overhead sets the cost, and ``einsum`` adds several ops around its matmul."""
+    return (rot @ vec[..., None])[..., 0]
 
 
 def frames_from_three_points(
@@ -160,16 +198,17 @@ def so3_exp(rotvec: torch.Tensor) -> torch.Tensor:
     at ~1e-6, the float64 route at float32 rounding (~1e-7).
     """
     dtype = rotvec.dtype
-    rotvec = rotvec.double()
-    theta2 = (rotvec * rotvec).sum(-1)
-    small = theta2 < _SMALL_ANGLE**2
-    # Evaluate the closed form on a safe angle so that the unused branch never produces NaN gradients.
-    theta_safe = torch.sqrt(torch.where(small, torch.ones_like(theta2), theta2))
-    a = torch.where(small, 1.0 - theta2 / 6.0, torch.sin(theta_safe) / theta_safe)
-    b = torch.where(small, 0.5 - theta2 / 24.0, (1.0 - torch.cos(theta_safe)) / theta_safe**2)
-    k = hat(rotvec)
-    eye = torch.eye(3, dtype=rotvec.dtype, device=rotvec.device)
-    return (eye + a[..., None, None] * k + b[..., None, None] * (k @ k)).to(dtype)
+    v = rotvec.double()
+    # R = cos θ I + (sin θ/θ) [v]ₓ + ((1 − cos θ)/θ²) v vᵀ, with both coefficients written through sinc
+    # ((1 − cos θ)/θ² = ½ sinc²(θ/2π)), exact at every angle without a small-angle branch; the floor under
+    # the square root keeps the gradient finite at θ = 0 and moves θ by at most 1e-15 rad.
+    theta = torch.sqrt((v * v).sum(-1) + 1e-30)[..., None, None]
+    half = torch.sinc(theta * (0.5 / math.pi))
+    cross = (v @ _basis(_HAT, v)).unflatten(-1, (3, 3))
+    outer = v[..., :, None] * v[..., None, :]
+    eye = _basis(_EYE, v)
+    rot = torch.cos(theta) * eye + torch.sinc(theta * (1.0 / math.pi)) * cross + 0.5 * half * half * outer
+    return rot.to(dtype)
 
 
 def matrix_to_quaternion(rot: torch.Tensor) -> torch.Tensor:
@@ -178,29 +217,12 @@ def matrix_to_quaternion(rot: torch.Tensor) -> torch.Tensor:
     Uses the numerically largest of the four component formulas (Shepperd's method), so it is
     accurate for all angles including 180°.
     """
-    r00, r11, r22 = rot[..., 0, 0], rot[..., 1, 1], rot[..., 2, 2]
-    four_sq = torch.stack(
-        [1.0 + r00 + r11 + r22, 1.0 + r00 - r11 - r22, 1.0 - r00 + r11 - r22, 1.0 - r00 - r11 + r22], dim=-1
-    )
-    two_abs = torch.sqrt(four_sq.clamp_min(_EPS))  # 2|w|, 2|x|, 2|y|, 2|z|
-    d21 = rot[..., 2, 1] - rot[..., 1, 2]
-    d02 = rot[..., 0, 2] - rot[..., 2, 0]
-    d10 = rot[..., 1, 0] - rot[..., 0, 1]
-    s01 = rot[..., 0, 1] + rot[..., 1, 0]
-    s02 = rot[..., 0, 2] + rot[..., 2, 0]
-    s12 = rot[..., 1, 2] + rot[..., 2, 1]
-    # Row k holds 4 q_k q (all four components scaled by 4 q_k).
-    candidates = torch.stack(
-        [
-            torch.stack([four_sq[..., 0], d21, d02, d10], dim=-1),
-            torch.stack([d21, four_sq[..., 1], s01, s02], dim=-1),
-            torch.stack([d02, s01, four_sq[..., 2], s12], dim=-1),
-            torch.stack([d10, s02, s12, four_sq[..., 3]], dim=-1),
-        ],
-        dim=-2,
-    ) / (2.0 * two_abs[..., :, None])
-    best = four_sq.argmax(dim=-1)
-    quat = torch.gather(candidates, -2, best[..., None, None].expand(*best.shape, 1, 4)).squeeze(-2)
+    # Every entry of 4 q qᵀ is linear in the entries of R (one matmul gives all four candidate rows).
+    outer4 = (rot.flatten(-2) @ _basis(_QUAT_MAP, rot) + _basis(_QUAT_OFFSET, rot)).unflatten(-1, (4, 4))
+    four_sq = outer4.diagonal(dim1=-2, dim2=-1)  # 4w², 4x², 4y², 4z²
+    best = four_sq.argmax(dim=-1, keepdim=True)
+    row = torch.gather(outer4, -2, best[..., None].expand(*best.shape, 4)).squeeze(-2)  # 4 q_best q
+    quat = row / (2.0 * torch.sqrt(torch.gather(four_sq, -1, best).clamp_min(_EPS)))
     quat = torch.where(quat[..., :1] < 0, -quat, quat)
     return quat / torch.linalg.norm(quat, dim=-1, keepdim=True)
 
@@ -231,18 +253,11 @@ def so3_log(rot: torch.Tensor) -> torch.Tensor:
     trace would lose half the digits). At exactly π either of the two equivalent vectors is returned.
     """
     q = matrix_to_quaternion(rot)
-    w, v = q[..., 0], q[..., 1:]
-    sin_half2 = (v * v).sum(-1)
-    small = sin_half2 < (0.5 * _SMALL_ANGLE) ** 2
-    sin_half = torch.sqrt(torch.where(small, torch.ones_like(sin_half2), sin_half2))
-    # angle / sin(angle/2) = 2 atan2(s, w) / s; Taylor for small s (w ~ 1): 2/w (1 - s²/(3 w²)).
-    w_safe = torch.where(small, w, torch.ones_like(w))
-    factor = torch.where(
-        small,
-        2.0 / w_safe * (1.0 - sin_half2 / (3.0 * w_safe * w_safe)),
-        2.0 * torch.atan2(sin_half, w) / sin_half,
-    )
-    return factor[..., None] * v
+    w, v = q[..., :1], q[..., 1:]
+    # angle / sin(angle/2) = 2 atan2(s, w) / s, accurate down to s = 0; the floor keeps the gradient finite
+    # at the identity and changes s by at most 1e-15.
+    sin_half = torch.sqrt((v * v).sum(-1, keepdim=True) + 1e-30)
+    return (2.0 * torch.atan2(sin_half, w) / sin_half) * v
 
 
 def random_rotations(

@@ -7,6 +7,7 @@ between layers, so memory grows with the number of tokens (plus the transient sc
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
@@ -14,6 +15,32 @@ from torch import nn
 
 from openmm_starmd.frames.rigid import apply, apply_inverse
 from openmm_starmd.model.embeddings import Rotary2D
+
+
+@dataclass(frozen=True)
+class FrameGeometry:
+    """The frames every IPA layer of one trunk call reads, prepared once for all of them.
+
+    ``rot`` ``[B, F, N, 1, 3, 3]`` and ``trans`` ``[B, F, N, 1, 3]`` nm (each frame centred on its residue
+    mean); ``mask`` ``[B*F, 1, 1, N]`` bool over keys, or None when no residue is padding.
+    """
+
+    rot: torch.Tensor
+    trans: torch.Tensor
+    mask: torch.Tensor | None
+
+
+def frame_geometry(rot: torch.Tensor, trans: torch.Tensor, residue_mask: torch.Tensor) -> FrameGeometry:
+    """:class:`FrameGeometry` of frames ``rot`` ``[B, F, N, 3, 3]``, ``trans`` ``[B, F, N, 3]`` nm with
+    ``residue_mask`` ``[B, N]`` bool (False: padding, never attended to)."""
+    B, F_, N = trans.shape[:3]
+    # Centre each frame on its residue mean: equivariant, and keeps the expanded distance exact.
+    m = residue_mask[:, None, :, None].to(trans.dtype)
+    centre = (trans * m).sum(2, keepdim=True) / m.sum(2, keepdim=True).clamp_min(1.0)
+    mask = None
+    if not bool(residue_mask.all()):
+        mask = residue_mask[:, None, None, None, :].expand(B, F_, 1, 1, N).reshape(B * F_, 1, 1, N)
+    return FrameGeometry(rot[:, :, :, None], (trans - centre)[:, :, :, None], mask)
 
 
 class FrameIPA(nn.Module):
@@ -40,31 +67,22 @@ class FrameIPA(nn.Module):
         self.point_weight = nn.Parameter(torch.full((num_heads,), 0.541))
         self.out = nn.Linear(width + num_heads * num_value_points * 4, width)
 
-    def forward(
-        self, h: torch.Tensor, rot: torch.Tensor, trans: torch.Tensor, residue_mask: torch.Tensor
-    ) -> torch.Tensor:
+    def forward(self, h: torch.Tensor, geometry: FrameGeometry) -> torch.Tensor:
         """Update of ``h``.
 
         Parameters
         ----------
         h
             Token states ``[B, F, N, C]`` (F frames, attention within each frame only).
-        rot, trans
-            Residue frames ``[B, F, N, 3, 3]`` and ``[B, F, N, 3]`` (nm), local → global.
-        residue_mask
-            ``[B, N]`` bool, False for padding (never attended to).
+        geometry
+            The tokens' residue frames (local → global) from :func:`frame_geometry`.
         """
         B, F_, N, _ = h.shape
         H, P, PV, d = self.H, self.P, self.PV, self.d
-        # Centre each frame on its residue mean: equivariant, and keeps the expanded distance exact.
-        m = residue_mask[:, None, :, None].to(trans.dtype)
-        centre = (trans * m).sum(2, keepdim=True) / m.sum(2, keepdim=True).clamp_min(1.0)
-        trans = trans - centre
+        rot_e, trans_e = geometry.rot, geometry.trans
         q, k, v = self.qkv(h).view(B, F_, N, 3, H, d).unbind(3)
-        qk_pts = self.qk_points(h).view(B, F_, N, 2, H * P, 3)
-        rot_e, trans_e = rot[:, :, :, None], trans[:, :, :, None]
-        q_pts = apply(rot_e, trans_e, qk_pts[:, :, :, 0]).view(B, F_, N, H, P * 3)
-        k_pts = apply(rot_e, trans_e, qk_pts[:, :, :, 1]).view(B, F_, N, H, P * 3)
+        qk_pts = apply(rot_e, trans_e, self.qk_points(h).view(B, F_, N, 2 * H * P, 3)).view(B, F_, N, 2, H, P * 3)
+        q_pts, k_pts = qk_pts.unbind(3)
         v_pts = apply(rot_e, trans_e, self.v_points(h).view(B, F_, N, H * PV, 3)).view(B, F_, N, H, PV * 3)
         # logit = w_s q·k − γ/2 |Q − K|²; the |Q|² term is constant per query and drops out of softmax.
         gamma = F.softplus(self.point_weight) * math.sqrt(2.0 / (9.0 * P))
@@ -78,8 +96,12 @@ class FrameIPA(nn.Module):
         def heads(x: torch.Tensor) -> torch.Tensor:  # [B, F, N, H, X] -> [B*F, H, N, X]
             return x.reshape(B * F_, N, H, -1).transpose(1, 2)
 
-        mask = residue_mask[:, None, None, None, :].expand(B, F_, 1, 1, N).reshape(B * F_, 1, 1, N)
-        o = F.scaled_dot_product_attention(heads(q_aug), heads(k_aug), heads(v_aug), attn_mask=mask, scale=1.0)
+        # Written out rather than through scaled_dot_product_attention: values are narrower than keys here,
+        # which sends SDPA to its general path, several times slower than these four ops on small frames.
+        logits = heads(q_aug) @ heads(k_aug).transpose(-1, -2)
+        if geometry.mask is not None:
+            logits = logits.masked_fill(~geometry.mask, float("-inf"))
+        o = torch.softmax(logits, dim=-1) @ heads(v_aug)
         o = o.transpose(1, 2).reshape(B, F_, N, H, d + PV * 3)
         o_scalar = o[..., :d].reshape(B, F_, N, H * d)
         o_pts = apply_inverse(rot_e, trans_e, o[..., d:].reshape(B, F_, N, H * PV, 3))
@@ -114,6 +136,32 @@ def block_mask(
     return clean_clean | noisy_clean | noisy_self
 
 
+@dataclass(frozen=True)
+class AttentionPlan:
+    """Which keys each query frame group reads, worked out once per trunk call for every block.
+
+    ``keys[g]``: indices ``[S]`` of the key groups query group g sees, or None when it sees all of them in
+    order; ``masks[g]``: ``[B, 1, 1, S*N]`` bool over those keys, or None when no residue is padding.
+    """
+
+    keys: list[torch.Tensor | None]
+    masks: list[torch.Tensor | None]
+
+
+def attention_plan(groups: torch.Tensor, key_mask: torch.Tensor) -> AttentionPlan:
+    """:class:`AttentionPlan` from ``groups`` ``[Fq, Fk]`` (:func:`block_mask`) and ``key_mask``
+    ``[B, Fk, N]`` bool (False for padding residues)."""
+    B = key_mask.shape[0]
+    padded = not bool(key_mask.all())
+    keys, masks = [], []
+    for row in groups:
+        sel = None if bool(row.all()) else torch.nonzero(row).squeeze(1)
+        keys.append(sel)
+        chosen = key_mask if sel is None else key_mask.index_select(1, sel)
+        masks.append(chosen.reshape(B, 1, 1, -1) if padded else None)
+    return AttentionPlan(keys, masks)
+
+
 class SpaceTimeAttention(nn.Module):
     """Joint attention over all (frame, residue) tokens with a block mask, 2-D rotary positions and a
     key/value cache interface.
@@ -139,8 +187,7 @@ class SpaceTimeAttention(nn.Module):
         h: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        groups: torch.Tensor,
-        key_mask: torch.Tensor,
+        plan: AttentionPlan,
         past: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
         """Attend and return ``(update [B, L, C], (k, v))`` where ``k, v`` ``[B, H, L, d]`` are this call's
@@ -155,15 +202,13 @@ class SpaceTimeAttention(nn.Module):
             Token states ``[B, L, C]`` with ``L = Fq * N`` (frame groups of N tokens).
         cos, sin
             Rotary tables ``[B, 1, L, d/2]`` of these tokens.
-        groups
-            ``[Fq, Fp + Fq]`` bool from :func:`block_mask` over (past groups, own groups).
-        key_mask
-            ``[B, Fp + Fq, N]`` bool, False for padding residues.
+        plan
+            :func:`attention_plan` over (past groups, own groups), Fq query groups.
         past
             Cached ``(k, v)`` ``[B, H, Fp * N, d]`` or None.
         """
         B, L, C = h.shape
-        Fq, Fk = groups.shape
+        Fq = len(plan.keys)
         N = L // Fq
         H, d = self.H, self.d
         q, k, v = self.qkv(h).view(B, L, 3, H, d).permute(2, 0, 3, 1, 4).unbind(0)
@@ -171,13 +216,13 @@ class SpaceTimeAttention(nn.Module):
         k = Rotary2D.rotate(self.k_norm(k), cos, sin)
         k_all, v_all = (k, v) if past is None else (torch.cat([past[0], k], 2), torch.cat([past[1], v], 2))
         q5 = q.view(B, H, Fq, N, d)
-        k5, v5 = k_all.view(B, H, Fk, N, d), v_all.view(B, H, Fk, N, d)
+        k5, v5 = k_all.view(B, H, -1, N, d), v_all.view(B, H, -1, N, d)
         outs = []
-        for g in range(Fq):
-            sel = torch.nonzero(groups[g]).squeeze(1)
-            ks = k5.index_select(2, sel).reshape(B, H, -1, d)
-            vs = v5.index_select(2, sel).reshape(B, H, -1, d)
-            mask = key_mask.index_select(1, sel).reshape(B, 1, 1, -1)
+        for g, (sel, mask) in enumerate(zip(plan.keys, plan.masks, strict=True)):
+            ks, vs = k_all, v_all
+            if sel is not None:
+                ks = k5.index_select(2, sel).reshape(B, H, -1, d)
+                vs = v5.index_select(2, sel).reshape(B, H, -1, d)
             outs.append(F.scaled_dot_product_attention(q5[:, :, g], ks, vs, attn_mask=mask))
-        o = torch.stack(outs, 2).reshape(B, H, L, d)
+        o = outs[0] if Fq == 1 else torch.stack(outs, 2).reshape(B, H, L, d)
         return self.out(o.transpose(1, 2).reshape(B, L, C)), (k, v)

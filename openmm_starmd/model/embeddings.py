@@ -123,8 +123,8 @@ def token_features(
         ``[B, F]`` factor for the relative rotation vector (1/σ of the rotation noise for noisy groups,
         so the network sees the noise at unit scale); default 1.
     """
-    from openmm_starmd.frames.protein import backbone_from_frames
-    from openmm_starmd.frames.rigid import so3_log
+    from openmm_starmd.frames.protein import IDEAL_LOCAL_BACKBONE
+    from openmm_starmd.frames.rigid import apply, so3_log
 
     B, F, N = rot.shape[:3]
     hp = has_prev[:, :, None, None].to(rot.dtype)
@@ -133,15 +133,15 @@ def token_features(
     if rot_scale is not None:
         rotvec = rotvec * rot_scale[:, :, None, None]
     rel = torch.cat([rel, rotvec], -1) * hp
-    atoms = backbone_from_frames(rot.reshape(B * F, N, 3, 3), trans.reshape(B * F, N, 3))
-    atoms = atoms.reshape(B, F, N, -1, 3)
-    n_at, ca, c = atoms[..., 0, :], atoms[..., 1, :], atoms[..., 2, :]
+    # N, CA, C of every residue in chain order; the dihedral over atoms j..j+3 of that chain is ψ_i (j = 3i),
+    # ω_i (3i + 1) and φ_{i+1} (3i + 2): one call for all three.
+    local = IDEAL_LOCAL_BACKBONE.to(trans.device, trans.dtype)
+    chain = apply(rot[..., None, :, :], trans[..., None, :], local).reshape(B, F, 3 * N, 3)
+    sin, cos = _dihedral(chain[:, :, :-3], chain[:, :, 1:-2], chain[:, :, 2:-1], chain[:, :, 3:])
     zero = torch.zeros_like(rot[..., 0, 0])
+    pad = sin.new_zeros(B, F, 3)
+    sin, cos = torch.cat([sin, pad], 2).view(B, F, N, 3), torch.cat([cos, pad], 2).view(B, F, N, 3)
     bond = bonded[:, None, :].expand(B, F, N)
-    # phi_i: C(i-1) N CA C ; psi_i: N CA C N(i+1) ; omega_i: CA C N(i+1) CA(i+1)
-    s_psi, c_psi = _dihedral(n_at[:, :, :-1], ca[:, :, :-1], c[:, :, :-1], n_at[:, :, 1:])
-    s_om, c_om = _dihedral(ca[:, :, :-1], c[:, :, :-1], n_at[:, :, 1:], ca[:, :, 1:])
-    s_phi, c_phi = _dihedral(c[:, :, :-1], n_at[:, :, 1:], ca[:, :, 1:], c[:, :, 1:])
 
     def pad_next(x: torch.Tensor) -> torch.Tensor:  # value for pair (i, i+1) stored at i
         return torch.cat([x, zero[:, :, :1]], dim=2)
@@ -151,9 +151,10 @@ def token_features(
 
     m_next = bond.to(rot.dtype)
     m_prev = torch.cat([zero[:, :, :1], m_next[:, :, :-1]], dim=2)
-    tors = torch.stack([pad_prev(s_phi), pad_prev(c_phi), pad_next(s_psi), pad_next(c_psi),
-                        pad_next(s_om), pad_next(c_om)], dim=-1)
-    tors = tors * torch.stack([m_prev, m_prev, m_next, m_next, m_next, m_next], dim=-1)
+    # φ_i, then ψ_i and ω_i (pairs (i, i+1) stored at i)
+    phi = torch.stack([pad_prev(sin[:, :, :-1, 2]), pad_prev(cos[:, :, :-1, 2])], -1) * m_prev[..., None]
+    psi_omega = torch.stack([sin[..., 0], cos[..., 0], sin[..., 1], cos[..., 1]], -1) * m_next[..., None]
+    tors = torch.cat([phi, psi_omega], -1)
     # CA distances to sequence neighbours at offsets ±1, ±2 (masked across breaks and ends)
     d1 = torch.linalg.norm(trans[:, :, 1:] - trans[:, :, :-1], dim=-1) * scale
     d2 = torch.linalg.norm(trans[:, :, 2:] - trans[:, :, :-2], dim=-1) * scale

@@ -16,7 +16,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from openmm_starmd.frames.rigid import so3_exp
-from openmm_starmd.model.attention import FrameIPA, SpaceTimeAttention, block_mask
+from openmm_starmd.model.attention import (
+    AttentionPlan,
+    FrameGeometry,
+    FrameIPA,
+    SpaceTimeAttention,
+    attention_plan,
+    block_mask,
+    frame_geometry,
+)
 from openmm_starmd.model.chi import NUM_CHI
 from openmm_starmd.model.config import ModelConfig
 from openmm_starmd.model.embeddings import NUM_TOKEN_FEATURES, FourierFeatures, Rotary2D
@@ -69,30 +77,55 @@ class Block(nn.Module):
         self.attn = SpaceTimeAttention(width, num_heads)
         self.mlp = nn.Sequential(nn.Linear(width, mlp_ratio * width), nn.GELU(), nn.Linear(mlp_ratio * width, width))
 
+    def modulations(self, cond_act: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """(shift, 1 + scale, gate) of the IPA, attention and MLP branches, nine ``[B, F, 1, C]`` tensors, from
+        the activated conditioning ``silu(cond)`` ``[B, F, C]``."""
+        mods = list(self.ada(cond_act)[:, :, None].chunk(9, dim=-1))
+        for i in (1, 4, 7):
+            mods[i] = 1.0 + mods[i]
+        return tuple(mods)
+
     def forward(
         self,
         h: torch.Tensor,
-        cond: torch.Tensor,
-        rot: torch.Tensor,
-        trans: torch.Tensor,
-        residue_mask: torch.Tensor,
+        mods: tuple[torch.Tensor, ...],
+        geometry: FrameGeometry,
         rope: tuple[torch.Tensor, torch.Tensor],
-        mask: tuple[torch.Tensor, torch.Tensor],
+        plan: AttentionPlan,
         past: tuple[torch.Tensor, torch.Tensor] | None,
     ) -> tuple[torch.Tensor, tuple[torch.Tensor, torch.Tensor]]:
-        """``h`` ``[B, F, N, C]``, ``cond`` ``[B, F, C]``; ``mask`` is (group mask ``[F, Fp + F]``, key mask
-        ``[B, Fp + F, N]``); frames and rope as in :meth:`StarMDNetwork.trunk`."""
+        """``h`` ``[B, F, N, C]``; ``mods`` from :meth:`modulations`; frames, rope and attention plan as
+        prepared by :meth:`StarMDNetwork.prepare`."""
         B, F_, N, C = h.shape
-        mods = self.ada(F.silu(cond))[:, :, None].chunk(9, dim=-1)
 
         def modulate(x: torch.Tensor, i: int) -> torch.Tensor:
-            return self.norms[i](x) * (1.0 + mods[3 * i + 1]) + mods[3 * i]
+            return self.norms[i](x) * mods[3 * i + 1] + mods[3 * i]
 
-        h = h + mods[2] * self.ipa(modulate(h, 0), rot, trans, residue_mask)
-        upd, kv = self.attn(modulate(h, 1).reshape(B, F_ * N, C), rope[0], rope[1], mask[0], mask[1], past)
+        h = h + mods[2] * self.ipa(modulate(h, 0), geometry)
+        upd, kv = self.attn(modulate(h, 1).reshape(B, F_ * N, C), rope[0], rope[1], plan, past)
         h = h + mods[5] * upd.view(B, F_, N, C)
         h = h + mods[8] * self.mlp(modulate(h, 2))
         return h, kv
+
+
+@dataclass(frozen=True)
+class TrunkContext:
+    """The part of a trunk call that does not depend on the tokens' features, frames or diffusion time,
+    prepared once by :meth:`StarMDNetwork.prepare` (in a rollout, once per draw for all its sampler steps).
+
+    ``embed`` ``[B, 1, N, C]`` residue embedding; ``dt_feat`` ``[B, F, 2 nf]`` Δt features (zero for clean
+    groups); ``cond_add`` ``[B, F, C]`` or ``[1, F, C]`` group-kind (and temperature) embedding; ``rope``
+    rotary tables ``[B, 1, F*N, head_dim/2]``; ``plan`` the attention plan; ``past`` the cache's per-block
+    keys/values or None; ``residue_mask`` ``[B, N]`` bool.
+    """
+
+    embed: torch.Tensor
+    dt_feat: torch.Tensor
+    cond_add: torch.Tensor
+    rope: tuple[torch.Tensor, torch.Tensor]
+    plan: AttentionPlan
+    past: list[tuple[torch.Tensor, torch.Tensor]] | None
+    residue_mask: torch.Tensor
 
 
 class StarMDNetwork(nn.Module):
@@ -145,7 +178,7 @@ class StarMDNetwork(nn.Module):
         cache: KVCache | None = None,
         temperature_k: torch.Tensor | float | None = None,
     ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
-        """Run all blocks on F frame groups of tokens.
+        """Run all blocks on F frame groups of tokens: :meth:`prepare`, :meth:`conditioning`, :meth:`run`.
 
         Parameters
         ----------
@@ -176,31 +209,67 @@ class StarMDNetwork(nn.Module):
         h, kvs
             Final states ``[B, F, N, C]`` and per-block ``(k, v)`` of these tokens, to append to a cache.
         """
-        B, F_, N, _ = features.shape
-        h = self.feature_proj(features) + self.residue_embed(residue_type)[:, None]
-        dt_feat = self.dt_fourier(log_dt / 10.0)[:, None].expand(B, F_, -1) * noisy[None, :, None].to(h.dtype)
-        cond = self.cond_mlp(torch.cat([self.tau_fourier(tau), dt_feat], -1)) + self.kind_embed(noisy.long())[None]
+        ctx = self.prepare(residue_type, residue_index, residue_mask, log_dt, frame_index, noisy, cache,
+                           temperature_k)
+        return self.run(ctx, features, rot, trans, self.conditioning(ctx, tau))
+
+    def prepare(
+        self,
+        residue_type: torch.Tensor,
+        residue_index: torch.Tensor,
+        residue_mask: torch.Tensor,
+        log_dt: torch.Tensor,
+        frame_index: torch.Tensor,
+        noisy: torch.Tensor,
+        cache: KVCache | None = None,
+        temperature_k: torch.Tensor | float | None = None,
+    ) -> TrunkContext:
+        """The :class:`TrunkContext` of a trunk call (arguments as in :meth:`trunk`)."""
+        B, N = residue_type.shape
+        F_ = frame_index.numel()
+        embed = self.residue_embed(residue_type)[:, None]
+        dt_feat = self.dt_fourier(log_dt / 10.0)[:, None].expand(B, F_, -1) * noisy[None, :, None].to(embed.dtype)
+        cond_add = self.kind_embed(noisy.long())[None]
         if self.temperature_embed is not None:
             temp = torch.as_tensor(_TEMPERATURE_CENTRE_K if temperature_k is None else temperature_k,
-                                   dtype=torch.float32, device=h.device).expand(B)
+                                   dtype=torch.float32, device=embed.device).expand(B)
             t_feat = self.temperature_fourier((temp - _TEMPERATURE_CENTRE_K) / _TEMPERATURE_SPAN_K)
-            cond = cond + self.temperature_embed(t_feat[:, None] * noisy[None, :, None].to(t_feat.dtype))
+            cond_add = cond_add + self.temperature_embed(t_feat[:, None] * noisy[None, :, None].to(t_feat.dtype))
         tok_res = residue_index[:, None, :].expand(B, F_, N).reshape(B, F_ * N)
         tok_frame = frame_index[None, :, None].expand(B, F_, N).reshape(B, F_ * N)
         rope = self.rotary.angles(tok_res, tok_frame)
-        past_frames = cache.frame_index if cache is not None and cache.num_frames else frame_index[:0]
+        has_past = cache is not None and cache.num_frames > 0
+        past_frames = cache.frame_index if has_past else frame_index[:0]
         k_frames = torch.cat([past_frames, frame_index])
         k_noisy = torch.cat([torch.zeros_like(past_frames, dtype=torch.bool), noisy])
         groups = block_mask(frame_index, noisy, k_frames, k_noisy, self.config.window)
-        key_mask = residue_mask[:, None, :].expand(B, k_frames.numel(), N)
+        plan = attention_plan(groups, residue_mask[:, None, :].expand(B, k_frames.numel(), N))
+        return TrunkContext(embed, dt_feat, cond_add, rope, plan, cache.layers if has_past else None, residue_mask)
+
+    def conditioning(self, ctx: TrunkContext, tau: torch.Tensor) -> list[tuple[torch.Tensor, ...]]:
+        """adaLN modulations at diffusion time ``tau`` ``[B, F]``: one tuple per block
+        (:meth:`Block.modulations`) and last the final layer's (shift, 1 + scale), each ``[B, F, 1, C]``."""
+        cond = self.cond_mlp(torch.cat([self.tau_fourier(tau), ctx.dt_feat], -1)) + ctx.cond_add
+        act = F.silu(cond)
+        shift, scale = self.final_ada(act)[:, :, None].chunk(2, dim=-1)
+        return [block.modulations(act) for block in self.blocks] + [(shift, 1.0 + scale)]
+
+    def run(
+        self, ctx: TrunkContext, features: torch.Tensor, rot: torch.Tensor, trans: torch.Tensor,
+        mods: list[tuple[torch.Tensor, ...]],
+    ) -> tuple[torch.Tensor, list[tuple[torch.Tensor, torch.Tensor]]]:
+        """The blocks on tokens with ``features`` ``[B, F, N, NUM_TOKEN_FEATURES]`` and frames ``rot``
+        ``[B, F, N, 3, 3]``, ``trans`` ``[B, F, N, 3]`` nm, modulated by ``mods`` (:meth:`conditioning`);
+        returns what :meth:`trunk` returns."""
+        h = self.feature_proj(features) + ctx.embed
+        geometry = frame_geometry(rot, trans, ctx.residue_mask)
         kvs = []
         for i, block in enumerate(self.blocks):
-            past = cache.layers[i] if cache is not None and cache.num_frames else None
-            h, kv = block(h, cond, rot, trans, residue_mask, rope, (groups, key_mask), past)
+            past = ctx.past[i] if ctx.past is not None else None
+            h, kv = block(h, mods[i], geometry, ctx.rope, ctx.plan, past)
             kvs.append(kv)
-        mods = self.final_ada(F.silu(cond))[:, :, None].chunk(2, dim=-1)
-        h = self.final_norm(h) * (1.0 + mods[1]) + mods[0]
-        return h, kvs
+        shift, scale = mods[-1]
+        return self.final_norm(h) * scale + shift, kvs
 
     def heads(
         self, h: torch.Tensor, rel_rot_tau: torch.Tensor, x_tau: torch.Tensor, rot_sigma: torch.Tensor,
@@ -246,4 +315,4 @@ def log_dt_tensor(dt_ps: float | torch.Tensor, batch: int, device: torch.device 
     return torch.log(dt.expand(batch) if dt.dim() == 0 else dt)
 
 
-__all__ = ["KVCache", "StarMDNetwork", "count_parameters", "log_dt_tensor"]
+__all__ = ["KVCache", "StarMDNetwork", "TrunkContext", "count_parameters", "log_dt_tensor"]
