@@ -95,9 +95,9 @@ class R3Diffuser:
         self, x: torch.Tensor, x0_hat: torch.Tensor, tau: float, d_tau: float, generator: Generators,
         deterministic: bool,
     ) -> torch.Tensor:
-        # Scalar schedule values, computed on the host on purpose (Python floats, no device sync).
-        t = torch.tensor([tau, tau - d_tau], dtype=torch.float64, device="cpu")
-        a, s = self.schedule.alpha(t).tolist(), self.schedule.sigma(t).tolist()
+        # Scalar schedule values as host floats (no device sync, no tensor ops)
+        (a0, s0), (a1, s1) = (self.schedule.alpha_sigma(t) for t in (tau, tau - d_tau))
+        a, s = (a0, a1), (s0, s1)
         if deterministic:
             return a[1] * x0_hat + s[1] * (x - a[0] * x0_hat) / s[0]
         a_step = a[0] / a[1]

@@ -31,6 +31,11 @@ class VPSchedule:
         """Noise standard deviation ``sqrt(1 - α²)`` (diffusion units) for ``tau`` of any shape."""
         return torch.sqrt((1.0 - self.alpha(tau) ** 2).clamp_min(1e-12))
 
+    def alpha_sigma(self, tau: float) -> tuple[float, float]:
+        """α and σ at one ``tau`` as host floats (the same formulas as :meth:`alpha` and :meth:`sigma`)."""
+        alpha = math.exp(-0.5 * (self.beta_min * tau + 0.5 * (self.beta_max - self.beta_min) * tau * tau))
+        return alpha, math.sqrt(max(1.0 - alpha * alpha, 1e-12))
+
 
 class LogSigmaSchedule:
     """IGSO(3) scale σ(τ) = σ_min (σ_max/σ_min)^τ (rad) and its squared diffusion coefficient."""

@@ -6,6 +6,8 @@ which is what makes the sampler SE(3)-equivariant for a fixed generator seed.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from openmm_starmd.diffusion.noise import Generators, igso3_sample, randn
@@ -60,10 +62,13 @@ class SO3Diffuser:
     def rotvec_score(self, rotvec: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """Score ``(d log f/dω)/ω · rotvec`` ``[..., 3]`` with a smooth angle, so gradients stay finite at 0
         (:meth:`IGSO3.score` takes a plain square root there)."""
+        return self._score_at(rotvec, self.schedule.sigma(tau))
+
+    @staticmethod
+    def _score_at(rotvec: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tensor:
         v = rotvec.double()
         omega = torch.sqrt((v * v).sum(-1) + 1e-14)
-        dlog_f = angle_score(omega, self.schedule.sigma(tau))
-        return ((dlog_f / omega)[..., None] * v).to(rotvec.dtype)
+        return ((angle_score(omega, sigma) / omega)[..., None] * v).to(rotvec.dtype)
 
     def noise_score(self, omega: torch.Tensor, tau: torch.Tensor) -> torch.Tensor:
         """True score ``[..., 3]`` for noise ``omega`` ``[..., 3]`` drawn at ``tau`` ``[...]``."""
@@ -95,12 +100,11 @@ class SO3Diffuser:
         rot, rot0_hat
             Current rotations and the network's clean prediction ``[..., 3, 3]``.
         """
-        t = torch.tensor(tau, dtype=rot.dtype, device=rot.device)
-        g2 = self.schedule.g2(t)
-        score = self.score(rot, rot0_hat, t)
+        # σ(τ) and g² as host floats: a sampler step's schedule is scalar, and tensor arithmetic on it costs ops
+        sigma = self.schedule.sigma_min * math.exp(tau * self.schedule.log_ratio)
+        g2 = 2.0 * sigma * sigma * self.schedule.log_ratio
+        score = self._score_at(so3_log(rot0_hat.transpose(-1, -2) @ rot), sigma)
         if deterministic:
-            step = 0.5 * g2 * score * d_tau
-        else:
-            z = randn(tuple(rot.shape[:-1]), generator, rot.dtype, rot.device)
-            step = g2 * score * d_tau + torch.sqrt(g2 * d_tau) * z
-        return rot @ so3_exp(step)
+            return rot @ so3_exp(score * (0.5 * g2 * d_tau))
+        z = randn(tuple(rot.shape[:-1]), generator, rot.dtype, rot.device)
+        return rot @ so3_exp(score * (g2 * d_tau) + math.sqrt(g2 * d_tau) * z)
