@@ -58,18 +58,25 @@ class _Evaluation(nn.Module):
         return (rot0, x0) if chi is None else (rot0, x0, chi)
 
 
-def _traced(evaluation: _Evaluation, inputs: list[torch.Tensor]) -> torch.jit.ScriptModule:
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", torch.jit.TracerWarning)
-        warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated; nothing replaces trace on CPU
-        return torch.jit.freeze(torch.jit.trace(evaluation.eval(), tuple(inputs), check_trace=False))
+def _traced(evaluation: _Evaluation, inputs: list[torch.Tensor]) -> torch.jit.ScriptModule | None:
+    """The frozen trace of ``evaluation``, or None (with a warning) where this torch build cannot trace it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated; nothing replaces it on CPU
+            return torch.jit.freeze(torch.jit.trace(evaluation.eval(), tuple(inputs), check_trace=False))
+    except (RuntimeError, AttributeError, NotImplementedError) as err:
+        warnings.warn(f"STAR-MD: could not trace the network evaluation ({err}); running it eagerly "
+                      "(same draws, slower)", RuntimeWarning, stacklevel=2)
+        return None
 
 
 def make_denoiser(
     net: StarMDNetwork, diffusion: FrameDiffusion, res: Residues, ref_rot: torch.Tensor, ref_trans: torch.Tensor,
     dt_ps: float | torch.Tensor, index: torch.Tensor, cache: KVCache | None,
     clean: dict[str, torch.Tensor] | None = None, temperature_k: float | None = None,
-    memo: dict[float, tuple] | None = None, traced: dict[tuple[int, int], torch.jit.ScriptModule] | None = None,
+    memo: dict[float, tuple] | None = None,
+    traced: dict[tuple[int, int], torch.jit.ScriptModule | None] | None = None,
 ):
     """Denoiser closure for :func:`sample_relative`: one noisy group per batch element (``ref_rot``
     ``[B, 1, N, 3, 3]``, ``ref_trans`` ``[B, 1, N, 3]`` nm, Δt scalar or ``[B]`` ps) at frame ``index``
@@ -116,9 +123,10 @@ def make_denoiser(
             key = (B, 0 if cache is None else cache.num_frames)
             if key not in traced:
                 traced[key] = _traced(_Evaluation(net, res, ctx, [len(group) for group in mods]), inputs)
-            out = traced[key](*inputs)
-            denoise.chi_logits = out[2] if len(out) == 3 else None
-            return out[0], out[1]
+            if traced[key] is not None:
+                out = traced[key](*inputs)
+                denoise.chi_logits = out[2] if len(out) == 3 else None
+                return out[0], out[1]
         feats, n_rot, n_trans = noisy_inputs(res, ref_rot, ref_trans, rel_rot, x, scale, sig_rot)
         if clean is None:
             h, _ = net.run(ctx, feats, n_rot, n_trans, mods)

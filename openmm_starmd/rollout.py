@@ -115,7 +115,7 @@ class Rollout:
         # visits the same τ grid every draw, and neither depends on the history (weights are fixed while rolling out)
         self._per_tau: dict[tuple, dict[float, tuple]] = {}
         self.traced = bool(traced)
-        self._traced: dict[tuple[int, int], torch.jit.ScriptModule] = {}
+        self._traced: dict[tuple[int, int], torch.jit.ScriptModule | None] = {}
         self._hist = [self._empty() for _ in range(self.replicas or 1)]
         # replica -> its history with the intermediate frames of its last multi-step draw (see push)
         self._pending: dict[int, History] = {}

@@ -183,6 +183,24 @@ def test_traced_evaluations_give_the_eager_draws(cln025):
     assert runs[True][2] == {(1, net.config.window)}
 
 
+def test_a_network_that_cannot_be_traced_runs_eagerly_with_a_warning(cln025, monkeypatch):
+    rot, trans, feats = cln025
+    net = randomised()
+    W = net.config.window
+    eager = _pushed(net, feats, rot[:W], trans[:W], num_steps=2, traced=False)
+    want = eager.sample(20.0, torch.Generator().manual_seed(4))[1]
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("tracing unsupported here")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    ro = _pushed(net, feats, rot[:W], trans[:W], num_steps=2)
+    with pytest.warns(RuntimeWarning, match="could not trace"):
+        got = ro.sample(20.0, torch.Generator().manual_seed(4))[1]
+    assert ro._traced == {(1, W): None}  # asked once, then eager without asking again
+    torch.testing.assert_close(got, want, atol=1e-6, rtol=0)
+
+
 def test_replicas_with_unequal_histories_are_grouped_and_stay_exact(cln025):
     """A replica that retried with half jumps has one frame more: sampled in its own pass, still exact."""
     rot, trans, feats = cln025

@@ -11,7 +11,7 @@ Conventions (used throughout the package)
 * A quaternion is ``[..., 4]`` scalar-first ``(w, x, y, z)``, unit norm, canonical sign ``w >= 0``.
 
 Every function is batched over leading dimensions, torch only, differentiable where the
-mathematics is (the small-angle branches use Taylor series so that gradients stay finite at 0).
+mathematics is (so3_exp and so3_log stay exact and differentiable at angle 0 without a branch).
 """
 
 from __future__ import annotations
@@ -41,9 +41,6 @@ __all__ = [
     "vee",
 ]
 
-# Below this angle (rad) the closed forms lose precision in float32; Taylor series are exact to
-# ~1e-10 there, well below float32 resolution.
-_SMALL_ANGLE = 1e-2
 _EPS = 1e-12
 
 # Constant matrices of so3_exp and matrix_to_quaternion. _HAT maps v to the row-major [v]ₓ; _QUAT_MAP and
