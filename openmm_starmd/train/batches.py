@@ -7,6 +7,7 @@ from both, so a run resumed at step ``s`` continues with batch ``s`` on every ra
 
 from __future__ import annotations
 
+import multiprocessing
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -97,10 +98,13 @@ class BatchSampler:
             batch = self.collate([self.items[key] for key in self.keys(self.position)])
         else:
             if self._loader is None:  # started on first use, so a resumed position is honoured
+                # forkserver: a worker starts from a clean process, not a copy of this one (whose OpenMM threads,
+                # CUDA state or traced rollouts a forked child must not touch; one forked worker segfaulted in CI)
+                context = "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
                 self._loader = iter(DataLoader(
                     self.items, batch_sampler=_BatchKeys(self, self.position), collate_fn=self.collate,
                     num_workers=self.workers, persistent_workers=True, prefetch_factor=4,
-                    pin_memory=self.pin_memory,
+                    pin_memory=self.pin_memory, multiprocessing_context=context,
                 ))
             batch = next(self._loader)
         self.position += 1
