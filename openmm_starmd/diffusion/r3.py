@@ -96,12 +96,11 @@ class R3Diffuser:
         deterministic: bool,
     ) -> torch.Tensor:
         # Scalar schedule values as host floats (no device sync, no tensor ops)
-        (a0, s0), (a1, s1) = (self.schedule.alpha_sigma(t) for t in (tau, tau - d_tau))
-        a, s = (a0, a1), (s0, s1)
+        (a0, s0), (a1, s1) = self.schedule.alpha_sigma(tau), self.schedule.alpha_sigma(tau - d_tau)
         if deterministic:
-            return a[1] * x0_hat + s[1] * (x - a[0] * x0_hat) / s[0]
-        a_step = a[0] / a[1]
-        var_step = s[0] ** 2 - a_step**2 * s[1] ** 2
-        mean = (a_step * s[1] ** 2 * x + a[1] * var_step * x0_hat) / s[0] ** 2
+            return a1 * x0_hat + s1 * (x - a0 * x0_hat) / s0
+        a_step = a0 / a1
+        var_step = s0**2 - a_step**2 * s1**2
+        mean = (a_step * s1**2 * x + a1 * var_step * x0_hat) / s0**2
         z = randn(tuple(x.shape), generator, x.dtype, x.device)
-        return mean + (var_step * s[1] ** 2 / s[0] ** 2) ** 0.5 * z
+        return mean + (var_step * s1**2 / s0**2) ** 0.5 * z

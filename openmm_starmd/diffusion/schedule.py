@@ -49,6 +49,7 @@ class LogSigmaSchedule:
         """σ(τ) in rad for ``tau`` of any shape."""
         return self.sigma_min * torch.exp(tau * self.log_ratio)
 
-    def g2(self, tau: torch.Tensor) -> torch.Tensor:
-        """Squared diffusion coefficient ``dσ²/dτ`` for ``tau`` of any shape."""
-        return 2.0 * self.sigma(tau) ** 2 * self.log_ratio
+    def sigma_g2(self, tau: float) -> tuple[float, float]:
+        """σ(τ) (rad) and the squared diffusion coefficient ``g² = dσ²/dτ`` at one ``tau``, as host floats."""
+        sigma = self.sigma_min * math.exp(tau * self.log_ratio)
+        return sigma, 2.0 * sigma * sigma * self.log_ratio

@@ -100,9 +100,8 @@ class SO3Diffuser:
         rot, rot0_hat
             Current rotations and the network's clean prediction ``[..., 3, 3]``.
         """
-        # σ(τ) and g² as host floats: a sampler step's schedule is scalar, and tensor arithmetic on it costs ops
-        sigma = self.schedule.sigma_min * math.exp(tau * self.schedule.log_ratio)
-        g2 = 2.0 * sigma * sigma * self.schedule.log_ratio
+        # host floats: a sampler step's schedule is scalar, and tensor arithmetic on it costs ops
+        sigma, g2 = self.schedule.sigma_g2(tau)
         score = self._score_at(so3_log(rot0_hat.transpose(-1, -2) @ rot), sigma)
         if deterministic:
             return rot @ so3_exp(score * (0.5 * g2 * d_tau))
