@@ -61,6 +61,9 @@ class ModelConfig:
     trans_loss_weight: float = 1.0
     backbone_loss_weight: float = 1.0
     backbone_loss_tau_max: float = 0.25  # backbone-atom loss only at small τ
+    # stretched CA–CA links and backbone overlaps of the predicted structure (train/violations.py), in Å²,
+    # at the backbone loss's small τ; 0 leaves it out
+    violation_loss_weight: float = 0.0
     # history (context) noise: τ_ctx ~ U[0, ctx_tau_max], left clean with probability ctx_clean_prob
     ctx_tau_max: float = 0.1
     ctx_clean_prob: float = 0.75
@@ -190,7 +193,7 @@ def check_temperature(config: ModelConfig, temperature_k: float, slack_k: float 
 
 
 _ADDED_FIELDS = ("temperature_condition", "temperature_range_k", "chi_bins", "chi_loss_weight", "chi_draws",
-                 "max_step_ps", "deterministic_steps", "intermediate_sampler_steps")
+                 "max_step_ps", "deterministic_steps", "intermediate_sampler_steps", "violation_loss_weight")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 PRESETS: dict[str, ModelConfig] = {

@@ -15,6 +15,7 @@ from openmm_starmd.frames.rigid import superpose_chain
 from openmm_starmd.model.chi import CHI_OFFSET, NUM_CHI, chi_loss
 from openmm_starmd.model.network import StarMDNetwork, log_dt_tensor
 from openmm_starmd.model.tokens import Residues, absolute, clean_inputs, noisy_inputs, perturb_frames, relative
+from openmm_starmd.train.violations import backbone_violation
 
 
 def residues_from_batch(batch: dict[str, torch.Tensor]) -> Residues:
@@ -40,7 +41,8 @@ def diffusion_loss(
     Returns
     -------
     loss, parts
-        Scalar loss and a dict of float parts (``rot``, ``trans``, ``backbone``, ``chi``).
+        Scalar loss and a dict of float parts (``rot``, ``trans``, ``backbone``, ``chi``, and ``violation``
+        when ``violation_loss_weight`` is set).
     """
     cfg = net.config
     scale = cfg.translation_scale
@@ -100,6 +102,14 @@ def diffusion_loss(
     bb_loss = (bb_err * small).sum() / small.sum().clamp_min(1.0)
     loss = cfg.rot_loss_weight * rot_loss + cfg.trans_loss_weight * trans_loss + cfg.backbone_loss_weight * bb_loss
     parts = {"rot": float(rot_loss.detach()), "trans": float(trans_loss.detach()), "backbone": float(bb_loss.detach())}
+    if cfg.violation_loss_weight > 0:
+        structure_mask = res.residue_mask[:, None].expand(B, K - 1, N).reshape(-1, N)
+        structure_break = res.chain_break[:, None].expand(B, K - 1, N).reshape(-1, N)
+        violation = backbone_violation(bb_pred, structure_mask, structure_break).reshape(B, K - 1) * scale**2
+        small_frame = (tau < cfg.backbone_loss_tau_max).to(trans.dtype)
+        violation = (violation * small_frame).sum() / small_frame.sum().clamp_min(1.0)
+        loss = loss + cfg.violation_loss_weight * violation
+        parts["violation"] = float(violation.detach())
     if chi is not None and "torsions" in batch:
         angles = batch["torsions"][:, 1:, :, CHI_OFFSET:CHI_OFFSET + NUM_CHI]
         tmask = batch["torsion_mask"][:, None, :, CHI_OFFSET:CHI_OFFSET + NUM_CHI].to(trans.dtype) * mask[..., None]

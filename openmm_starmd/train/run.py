@@ -179,6 +179,7 @@ def train_from_folders(
     device: str | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
     workers: int = 0, init: str | Path | None = None, val_systems: Sequence[str] = (),
     val_system_fraction: float = 0.0, temperature_condition: bool = False, chi_head: bool = False,
+    violation_weight: float | None = None,
 ) -> dict[str, Any] | None:
     """Train a model on trajectories; returns the summary on rank 0 (None on other DDP ranks).
 
@@ -193,12 +194,16 @@ def train_from_folders(
     as ``"held_out_systems"``. ``temperature_condition`` conditions the model on each replica's temperature
     (mdCATH groups, ``temperature_k`` in our JSON, else 300 K); the data's range is saved in the config.
     ``chi_head`` adds the side-chain torsion head (:mod:`openmm_starmd.model.chi`), also to an ``init`` model
-    without one (the head starts uniform, the rest as saved).
+    without one (the head starts uniform, the rest as saved). ``violation_weight`` sets the weight of the
+    structural-violation penalty (:mod:`openmm_starmd.train.violations`; None keeps the preset's or the
+    ``init`` model's).
     """
     if steps < 1 or batch_size < 1:
         raise StarMDError("--steps and --batch-size must be at least 1")
     if workers < 0:
         raise StarMDError(f"--workers must be 0 or more, got {workers}")
+    if violation_weight is not None and not violation_weight >= 0:
+        raise StarMDError(f"--violation-weight must be 0 or more, got {violation_weight}")
     init_weights, record = None, {}
     if init is not None:
         config, init_weights, record["init"] = initial_model(init, preset_name, window)
@@ -207,6 +212,8 @@ def train_from_folders(
         config = preset(name) if window is None else preset(name, window=window)
     if chi_head:
         config = config.replace(chi_head=True)
+    if violation_weight is not None:
+        config = config.replace(violation_loss_weight=float(violation_weight))
     train_data, val_data, unseen_data, record["held_out_systems"] = build_datasets(
         data, config.window, val_fraction, val_systems, val_system_fraction, seed)
     config = fit_temperature(config, data_temperatures(train_data), temperature_condition, init is not None)

@@ -1,0 +1,92 @@
+"""The structural-violation penalty: zero on MD, the stretch and overlap it should see, and its place in training."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import mdtraj as md
+import numpy as np
+import pytest
+import torch
+
+from openmm_starmd.cli import main
+from openmm_starmd.data.dataset import TrajectoryWindows, collate_windows
+from openmm_starmd.diffusion.sampler import FrameDiffusion
+from openmm_starmd.model.config import preset
+from openmm_starmd.model.network import StarMDNetwork
+from openmm_starmd.train.objective import diffusion_loss
+from openmm_starmd.train.violations import HEAVY_MIN_NM, LINK_MAX_NM, backbone_violation
+
+DATA = Path(__file__).parent / "data"
+
+
+@pytest.fixture(scope="module")
+def chignolin() -> torch.Tensor:
+    """Backbones N, CA, C, O ``[T, 10, 4, 3]`` nm of 3 ns of chignolin MD, every 100 ps."""
+    traj = md.load(DATA / "cln025_3ns.xtc", top=DATA / "cln025.pdb")[::10]
+    index = [[res.atom(name).index for name in ("N", "CA", "C", "O")] for res in traj.topology.residues
+             if res.is_protein]
+    return torch.tensor(traj.xyz[:, np.array(index)])
+
+
+def flags(bb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    B, N = bb.shape[:2]
+    return torch.ones(B, N, dtype=torch.bool), torch.zeros(B, N, dtype=torch.bool)
+
+
+def test_md_frames_are_not_penalised(chignolin):
+    v = backbone_violation(chignolin, *flags(chignolin))
+    assert v.shape == (len(chignolin),)
+    assert float(v.max()) < 1e-5  # nm²: MD grazes the flat bottom at most
+    moved = chignolin + torch.tensor([1.0, -2.0, 0.5])  # a rigid shift changes no distance
+    assert torch.allclose(backbone_violation(moved, *flags(moved)), v, atol=1e-9)
+
+
+def test_a_stretched_link_costs_its_squared_excess_unless_the_chain_is_broken_there(chignolin):
+    bb = chignolin[:1].clone()
+    ca = bb[0, :, 1]
+    direction = (ca[5] - ca[4]) / (ca[5] - ca[4]).norm()
+    link = float((ca[5] - ca[4]).norm())
+    bb[0, 5:] += 0.1 * direction  # residues 6–10 pulled 0.1 nm away along the 5–6 link
+    mask, brk = flags(bb)
+    expected = (link + 0.1 - LINK_MAX_NM) ** 2 / 10
+    assert float(backbone_violation(bb, mask, brk)) == pytest.approx(expected, rel=1e-3)
+    brk[0, 5] = True
+    assert float(backbone_violation(bb, mask, brk)) < 1e-5
+
+
+def test_overlapping_backbones_are_penalised_unless_one_is_padding(chignolin):
+    bb = chignolin[:1].clone()
+    # residue 10 moved so that its CA sits 0.1 nm from residue 1's CA: deep overlap
+    bb[0, 9] += bb[0, 0, 1] - bb[0, 9, 1] + torch.tensor([0.1, 0.0, 0.0])
+    mask, brk = flags(bb)
+    # the CA–CA pair alone costs (0.34 − 0.1)² / 10 and each other atom pair closer than HEAVY_MIN_NM more
+    assert float(backbone_violation(bb, mask, brk)) > (0.24**2 + (HEAVY_MIN_NM - 0.15) ** 2) / 10
+    mask[0, 9] = False
+    brk[0, 9] = True
+    assert float(backbone_violation(bb, mask, brk)) < 1e-5
+
+
+def test_the_training_loss_adds_the_weighted_violation(atlas):
+    windows = TrajectoryWindows([atlas], window=preset("tiny").window, seed=2)
+    batch = collate_windows([windows[0], windows[1]])
+    torch.manual_seed(0)
+    # every diffusion time counts (τ_max 1): at large τ an untrained network's structures overlap
+    net = StarMDNetwork(preset("tiny", backbone_loss_tau_max=1.0))
+    off_loss, off = diffusion_loss(net, FrameDiffusion(net.config), batch, torch.Generator().manual_seed(4))
+    assert "violation" not in off
+    net.config = preset("tiny", backbone_loss_tau_max=1.0, violation_loss_weight=50.0)
+    on_loss, on = diffusion_loss(net, FrameDiffusion(net.config), batch, torch.Generator().manual_seed(4))
+    assert on["violation"] > 0
+    assert float(on_loss.detach()) == pytest.approx(float(off_loss.detach()) + 50.0 * on["violation"], rel=1e-5)
+
+
+def test_cli_sets_the_weight_in_the_saved_config_and_rejects_a_negative_one(atlas, tmp_path, capsys):
+    base = ["train", str(atlas), "--preset", "tiny", "--steps", "1", "--batch-size", "1", "--threads", "1"]
+    assert main([*base, "-o", str(tmp_path / "bad"), "--violation-weight", "-1"]) == 2
+    assert "--violation-weight must be 0 or more" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert main([*base, "-o", str(tmp_path / "m"), "--violation-weight", "5"]) == 0
+    saved = json.loads((tmp_path / "m" / "model.json").read_text())["config"]
+    assert saved["violation_loss_weight"] == 5.0
