@@ -16,15 +16,20 @@ from openmm_starmd.diffusion.sampler import FrameDiffusion
 from openmm_starmd.model.config import preset
 from openmm_starmd.model.network import StarMDNetwork
 from openmm_starmd.train.objective import diffusion_loss
-from openmm_starmd.train.violations import HEAVY_MIN_NM, LINK_MAX_NM, backbone_violation
+from openmm_starmd.train.violations import CB_MIN_NM, HEAVY_MIN_NM, LINK_MAX_NM, backbone_violation, ideal_cb
 
 DATA = Path(__file__).parent / "data"
 
 
 @pytest.fixture(scope="module")
-def chignolin() -> torch.Tensor:
-    """Backbones N, CA, C, O ``[T, 10, 4, 3]`` nm of 3 ns of chignolin MD, every 100 ps."""
-    traj = md.load(DATA / "cln025_3ns.xtc", top=DATA / "cln025.pdb")[::10]
+def traj() -> md.Trajectory:
+    """3 ns of chignolin (CLN025, YYDPETGTWY: Gly7 the only glycine) MD, every 100 ps."""
+    return md.load(DATA / "cln025_3ns.xtc", top=DATA / "cln025.pdb")[::10]
+
+
+@pytest.fixture(scope="module")
+def chignolin(traj) -> torch.Tensor:
+    """Backbones N, CA, C, O ``[T, 10, 4, 3]`` nm."""
     index = [[res.atom(name).index for name in ("N", "CA", "C", "O")] for res in traj.topology.residues
              if res.is_protein]
     return torch.tensor(traj.xyz[:, np.array(index)])
@@ -35,12 +40,41 @@ def flags(bb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
     return torch.ones(B, N, dtype=torch.bool), torch.zeros(B, N, dtype=torch.bool)
 
 
-def test_md_frames_are_not_penalised(chignolin):
-    v = backbone_violation(chignolin, *flags(chignolin))
-    assert v.shape == (len(chignolin),)
-    assert float(v.max()) < 1e-5  # nm²: MD grazes the flat bottom at most
-    moved = chignolin + torch.tensor([1.0, -2.0, 0.5])  # a rigid shift changes no distance
-    assert torch.allclose(backbone_violation(moved, *flags(moved)), v, atol=1e-9)
+def has_cb(traj: md.Trajectory) -> torch.Tensor:
+    return torch.tensor([res.name != "GLY" for res in traj.topology.residues if res.is_protein])
+
+
+def test_md_frames_are_not_penalised(traj, chignolin):
+    cb = has_cb(traj)[None].expand(len(chignolin), -1)
+    for with_cb in (None, cb):
+        v = backbone_violation(chignolin, *flags(chignolin), with_cb)
+        assert v.shape == (len(chignolin),)
+        assert float(v.max()) < 1e-5  # nm²: MD grazes the flat bottoms at most
+        moved = chignolin + torch.tensor([1.0, -2.0, 0.5])  # a rigid shift changes no distance
+        assert torch.allclose(backbone_violation(moved, *flags(moved), with_cb), v, atol=1e-9)
+
+
+def test_ideal_cb_is_where_md_has_it(traj, chignolin):
+    residues = [res for res in traj.topology.residues if res.is_protein]
+    keep = [i for i, res in enumerate(residues) if res.name != "GLY"]
+    md_cb = torch.tensor(traj.xyz[:, [residues[i].atom("CB").index for i in keep]])
+    error = (ideal_cb(chignolin)[:, keep] - md_cb).norm(dim=-1)
+    assert float(error.mean()) < 0.02 and float(error.max()) < 0.06  # nm; CB–CA is 0.153
+
+
+def test_a_cb_turned_into_a_distant_backbone_is_penalised_but_not_on_glycine(traj, chignolin):
+    bb = chignolin[:1].clone()
+    mask, brk = flags(bb)
+    cb = has_cb(traj)[None]
+    base = float(backbone_violation(bb, mask, brk, cb))
+    # residue 10's backbone moved so that its CA sits 0.1 nm beyond residue 2's CB, along CA2→CB2
+    ca2, cb2 = bb[0, 1, 1], ideal_cb(bb)[0, 1]
+    bb[0, 9] += cb2 + 0.1 * (cb2 - ca2) / (cb2 - ca2).norm() - bb[0, 9, 1]
+    with_cb = float(backbone_violation(bb, mask, brk, cb))
+    assert with_cb > base + (CB_MIN_NM - 0.1) ** 2 / 10
+    no_cb = cb.clone()
+    no_cb[0, 1] = False  # residue 2 as a glycine: its CB is not there to overlap
+    assert float(backbone_violation(bb, mask, brk, no_cb)) < with_cb - (CB_MIN_NM - 0.1) ** 2 / 10
 
 
 def test_a_stretched_link_costs_its_squared_excess_unless_the_chain_is_broken_there(chignolin):

@@ -10,12 +10,14 @@ from __future__ import annotations
 import torch
 
 from openmm_starmd.diffusion.sampler import FrameDiffusion
-from openmm_starmd.frames.protein import backbone_from_frames
+from openmm_starmd.frames.protein import RESIDUE_NAMES, backbone_from_frames
 from openmm_starmd.frames.rigid import superpose_chain
 from openmm_starmd.model.chi import CHI_OFFSET, NUM_CHI, chi_loss
 from openmm_starmd.model.network import StarMDNetwork, log_dt_tensor
 from openmm_starmd.model.tokens import Residues, absolute, clean_inputs, noisy_inputs, perturb_frames, relative
 from openmm_starmd.train.violations import backbone_violation
+
+_GLYCINE = RESIDUE_NAMES.index("GLY")
 
 
 def residues_from_batch(batch: dict[str, torch.Tensor]) -> Residues:
@@ -105,7 +107,10 @@ def diffusion_loss(
     if cfg.violation_loss_weight > 0:
         structure_mask = res.residue_mask[:, None].expand(B, K - 1, N).reshape(-1, N)
         structure_break = res.chain_break[:, None].expand(B, K - 1, N).reshape(-1, N)
-        violation = backbone_violation(bb_pred, structure_mask, structure_break).reshape(B, K - 1) * scale**2
+        has_cb = (res.residue_type != _GLYCINE) & (res.residue_type < len(RESIDUE_NAMES))
+        has_cb = has_cb[:, None].expand(B, K - 1, N).reshape(-1, N)
+        violation = backbone_violation(bb_pred, structure_mask, structure_break, has_cb).reshape(B, K - 1)
+        violation = violation * scale**2
         small_frame = (tau < cfg.backbone_loss_tau_max).to(trans.dtype)
         violation = (violation * small_frame).sum() / small_frame.sum().clamp_min(1.0)
         loss = loss + cfg.violation_loss_weight * violation
