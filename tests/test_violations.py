@@ -118,8 +118,9 @@ def test_the_training_loss_adds_the_weighted_violation(atlas):
 
 def test_cli_sets_the_weight_in_the_saved_config_and_rejects_a_negative_one(atlas, tmp_path, capsys):
     base = ["train", str(atlas), "--preset", "tiny", "--steps", "1", "--batch-size", "1", "--threads", "1"]
-    assert main([*base, "-o", str(tmp_path / "bad"), "--violation-weight", "-1"]) == 2
-    assert "--violation-weight must be 0 or more" in capsys.readouterr().err
+    for bad in ("-1", "inf", "nan"):
+        assert main([*base, "-o", str(tmp_path / "bad"), "--violation-weight", bad]) == 2
+        assert "--violation-weight must be 0 or more" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     assert main([*base, "-o", str(tmp_path / "m"), "--violation-weight", "5"]) == 0
     saved = json.loads((tmp_path / "m" / "model.json").read_text())["config"]

@@ -61,7 +61,7 @@ class ModelConfig:
     trans_loss_weight: float = 1.0
     backbone_loss_weight: float = 1.0
     backbone_loss_tau_max: float = 0.25  # backbone-atom loss only at small τ
-    # stretched CA–CA links and backbone overlaps of the predicted structure (train/violations.py), in Å²,
+    # stretched CA–CA links and backbone/CB overlaps of the predicted structure (train/violations.py), in Å²,
     # at the backbone loss's small τ; 0 leaves it out
     violation_loss_weight: float = 0.0
     # history (context) noise: τ_ctx ~ U[0, ctx_tau_max], left clean with probability ctx_clean_prob

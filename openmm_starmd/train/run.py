@@ -8,6 +8,7 @@ copying."""
 from __future__ import annotations
 
 import hashlib
+import math
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -202,8 +203,8 @@ def train_from_folders(
         raise StarMDError("--steps and --batch-size must be at least 1")
     if workers < 0:
         raise StarMDError(f"--workers must be 0 or more, got {workers}")
-    if violation_weight is not None and not violation_weight >= 0:
-        raise StarMDError(f"--violation-weight must be 0 or more, got {violation_weight}")
+    if violation_weight is not None and not 0 <= violation_weight < math.inf:
+        raise StarMDError(f"--violation-weight must be 0 or more (and finite), got {violation_weight}")
     init_weights, record = None, {}
     if init is not None:
         config, init_weights, record["init"] = initial_model(init, preset_name, window)
