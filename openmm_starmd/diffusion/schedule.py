@@ -22,10 +22,13 @@ class VPSchedule:
         """β(τ) for ``tau`` of any shape."""
         return self.beta_min + tau * (self.beta_max - self.beta_min)
 
+    def _integral(self, tau: torch.Tensor | float) -> torch.Tensor | float:
+        """``∫₀^τ β``, for a tensor or a float alike (plain arithmetic)."""
+        return self.beta_min * tau + 0.5 * (self.beta_max - self.beta_min) * tau * tau
+
     def alpha(self, tau: torch.Tensor) -> torch.Tensor:
         """Signal factor ``exp(-½ ∫β)`` for ``tau`` of any shape."""
-        integral = self.beta_min * tau + 0.5 * (self.beta_max - self.beta_min) * tau * tau
-        return torch.exp(-0.5 * integral)
+        return torch.exp(-0.5 * self._integral(tau))
 
     def sigma(self, tau: torch.Tensor) -> torch.Tensor:
         """Noise standard deviation ``sqrt(1 - α²)`` (diffusion units) for ``tau`` of any shape."""
@@ -33,7 +36,7 @@ class VPSchedule:
 
     def alpha_sigma(self, tau: float) -> tuple[float, float]:
         """α and σ at one ``tau`` as host floats (the same formulas as :meth:`alpha` and :meth:`sigma`)."""
-        alpha = math.exp(-0.5 * (self.beta_min * tau + 0.5 * (self.beta_max - self.beta_min) * tau * tau))
+        alpha = math.exp(-0.5 * self._integral(tau))
         return alpha, math.sqrt(max(1.0 - alpha * alpha, 1e-12))
 
 

@@ -96,7 +96,8 @@ def diffusion_loss(
     rot_loss = (((pred_score - true_score) ** 2).sum(-1) * weight * mask).sum() / denom
     trans_loss = (((pred_x - x0) ** 2).sum(-1) * mask).sum() / denom
     # backbone atoms (N, CA, C, O) in global coordinates (O depends on the next residue), at small τ only
-    small = (tau < cfg.backbone_loss_tau_max)[:, :, None].to(trans.dtype) * mask
+    small_frame = (tau < cfg.backbone_loss_tau_max).to(trans.dtype)  # [B, K-1]
+    small = small_frame[:, :, None] * mask
     g_rot, g_trans = absolute(ref_rot, ref_trans, pred_rot, pred_x, scale)
     bb_pred = backbone_from_frames(g_rot.reshape(-1, N, 3, 3), g_trans.reshape(-1, N, 3))
     bb_true = backbone_from_frames(rot[:, 1:].reshape(-1, N, 3, 3), trans[:, 1:].reshape(-1, N, 3))
@@ -111,7 +112,6 @@ def diffusion_loss(
         has_cb = has_cb[:, None].expand(B, K - 1, N).reshape(-1, N)
         violation = backbone_violation(bb_pred, structure_mask, structure_break, has_cb).reshape(B, K - 1)
         violation = violation * scale**2
-        small_frame = (tau < cfg.backbone_loss_tau_max).to(trans.dtype)
         violation = (violation * small_frame).sum() / small_frame.sum().clamp_min(1.0)
         loss = loss + cfg.violation_loss_weight * violation
         parts["violation"] = float(violation.detach())
