@@ -269,7 +269,7 @@ def run_rollout(
     settings = {"input": str(Path(input_path).resolve()), "time_ps": total * jump_ps, "jump_ps": jump_ps,
                 "replicas": replicas, "seed": seed, "device": str(dev), "model": str(folder), "atoms": atoms,
                 "window": rollout.window, "num_sampler_steps": net.config.num_sampler_steps,
-                "model_max_step_ps": rollout.max_step_ps,
+                "model_max_step_ps": rollout.max_step_ps, "model_chi_draws": net.config.chi_draw_setting(),
                 "side_chains": ("not written" if atoms == "backbone" else
                                 "rigid" if trajs.side_chains is None else "chi head"),
                 "raw": "model draws only: no OpenMM relaxation, no guards, no re-draws"}

@@ -256,10 +256,11 @@ class Rollout:
         """Draw the next frame ``Δt = dt_ps`` after the last pushed one (not appended; a Δt longer than
         ``max_step_ps`` is drawn in equal model steps whose intermediate frames the next push appends).
 
-        With a χ head the side-chain torsions of the draw are left in :attr:`last_chi` (``[M, N, 4]`` rad,
-        M = ``config.chi_draws`` independent draws, the first being the draw; with ``replicas``
-        ``[R', M, N, 4]``; None without a χ head): drawn from the clean prediction of the last sampler step
-        of the last model step, each replica from its own generator after its frame noise.
+        With a χ head the side-chain torsions of the draw are left in :attr:`last_chi` (``[M + K, N, 4]`` rad,
+        M = ``config.chi_draws`` independent draws, the first being the draw, then K =
+        ``config.chi_fallback_draws`` from the flattened head (:func:`~openmm_starmd.model.chi.draw_chi`); with
+        ``replicas`` ``[R', M + K, N, 4]``; None without a χ head): drawn from the clean prediction of the last
+        sampler step of the last model step, each replica from its own generator after its frame noise.
 
         Parameters
         ----------
@@ -365,7 +366,8 @@ class Rollout:
             rot = back_rot[:, None] @ rot[:, 0]
             trans = apply(back_rot[:, None], back_trans[:, None], trans[:, 0])
             logits = denoise.chi_logits
-            chi = draw_chi(None if logits is None else logits[:, 0], [gens[p] for p in pos], self.config.chi_draws)
+            chi = draw_chi(None if logits is None else logits[:, 0], [gens[p] for p in pos], self.config.chi_draws,
+                           self.config.chi_fallback_draws, self.config.chi_fallback_temperature)
             out.append((pos, rot, trans, chi))
         if len(out) == 1:
             return out[0][1], out[0][2], out[0][3]

@@ -9,7 +9,7 @@ import torch
 
 from openmm_starmd.data.dataset import TrajectoryWindows, collate_windows
 from openmm_starmd.diffusion.sampler import FrameDiffusion
-from openmm_starmd.model.chi import chi_bin, chi_loss, most_likely_chi, sample_chi
+from openmm_starmd.model.chi import chi_bin, chi_loss, draw_chi, most_likely_chi, sample_chi
 from openmm_starmd.model.config import ModelConfig, preset
 from openmm_starmd.train.objective import diffusion_loss
 from openmm_starmd.train.run import initial_model
@@ -59,6 +59,27 @@ def test_sampling_follows_the_logits_and_reproduces_from_a_seed():
     again = sample_chi(logits, torch.Generator().manual_seed(0))
     assert torch.equal(draw, again)
     assert torch.allclose(most_likely_chi(logits)[:, 0], torch.tensor(lo + width / 2))
+
+
+def test_fallback_draws_come_after_the_draws_from_flattened_logits():
+    bins = 36
+    logits = torch.full((2, 3, 4, bins), -12.0)
+    logits[..., 5] = 0.0  # every torsion: bin 5, the other bins e^-12 each (~2e-4 of the mass together)
+    plain = draw_chi(logits, [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)], 8)
+    both = draw_chi(logits, [torch.Generator().manual_seed(1), torch.Generator().manual_seed(2)], 8, 400, 4.0)
+    assert plain.shape == (2, 8, 3, 4) and both.shape == (2, 408, 3, 4)
+    assert torch.equal(both[:, :8], plain)  # the first M draws do not change
+    assert torch.all(chi_bin(plain, bins) == 5)
+    fallback = chi_bin(both[:, 8:], bins)
+    # at T = 4 each other bin carries e^-3 / (1 + 35 e^-3) ≈ 1.8 % of the mass, 64 % together: every bin appears
+    share = (fallback != 5).float().mean().item()
+    assert abs(share - 35 * math.exp(-3) / (1 + 35 * math.exp(-3))) < 0.02
+    assert len(fallback.unique()) == bins
+    with pytest.raises(Exception, match="chi_fallback_temperature"):
+        preset("tiny", chi_fallback_temperature=0.5)
+    with pytest.raises(Exception, match="chi_fallback_draws"):
+        preset("tiny", chi_fallback_draws=-1)
+    assert "chi_fallback_draws" not in preset("small").to_dict()  # old model.json files stay as they were
 
 
 def test_config_keeps_old_checkpoint_json_and_checks_bins():

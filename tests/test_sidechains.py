@@ -146,6 +146,22 @@ def frames():
     return rot, trans, featurize_topology(traj.topology)
 
 
+def test_fallback_draws_follow_the_draws_and_reach_bins_the_head_rules_out(frames):
+    rot, trans, feats = frames
+    net = _chi_net()  # χ1 always in CHI1_BIN at temperature 1 (logit +50)
+    net.config = net.config.replace(chi_draws=4, chi_fallback_draws=64, chi_fallback_temperature=25.0)
+    ro = Rollout(net, feats, num_steps=3)
+    ro.push(rot[0], trans[0])
+    ro.sample(100.0, torch.Generator().manual_seed(5))
+    N = feats.residue_type.shape[0]
+    assert ro.last_chi.shape == (4 + 64, N, 4)
+    first = chi_bin(ro.last_chi[:4, :, 0], BINS)
+    assert torch.all(first == CHI1_BIN)
+    # at T = 25 the +50 logit is worth e² ≈ 7.4 against ~1 for each of the 11 other bins: ~60 % of draws elsewhere
+    elsewhere = (chi_bin(ro.last_chi[4:, :, 0], BINS) != CHI1_BIN).float().mean().item()
+    assert 0.4 < elsewhere < 0.8
+
+
 def test_chi_draw_follows_the_frames_and_replica_k_draws_what_its_single_run_draws(frames):
     rot, trans, feats = frames
     net = _chi_net(bias_bin=None)
@@ -278,6 +294,7 @@ def test_starmd_rollout_all_atoms_places_side_chains_and_says_so(tmp_path, place
                       atoms="all", device="cpu", progress=False)
     record = json.loads((out / "run.json").read_text())
     assert record["settings"]["side_chains"] == "chi head"
+    assert record["settings"]["model_chi_draws"]["draws"] == 8
     traj = mdtraj.load(str(out / "traj.xtc"), top=str(out / "topology.pdb"))
     assert traj.n_frames == 2
     top = app.PDBFile(str(out / "topology.pdb")).topology
@@ -300,6 +317,7 @@ def test_simulate_records_side_chains_from_the_chi_head(tmp_path, mapped, placed
     record = json.loads((out / "run.json").read_text())
     assert record["settings"]["side_chains"] == "chi head" and record["status"] == "failed"
     assert record["settings"]["model_max_step_ps"] == 50.0
+    assert record["settings"]["model_chi_draws"] == {"draws": 8, "fallback_draws": 0, "fallback_temperature": 5.0}
     assert len(mapped) == record["validity"]["raw_proposals"] > 0
     assert np.array_equal(mapped[0], placed[0][1])
     assert _took_the_draw(*placed[0], app.PDBFile(str(out / "topology.pdb")).topology) >= 1

@@ -79,7 +79,10 @@ def most_likely_chi(logits: torch.Tensor) -> torch.Tensor:
     return -math.pi + (logits.argmax(dim=-1).to(torch.float32) + 0.5) * width
 
 
-def draw_chi(logits: torch.Tensor | None, generators: list[torch.Generator], draws: int = 1) -> torch.Tensor | None:
+def draw_chi(
+    logits: torch.Tensor | None, generators: list[torch.Generator], draws: int = 1, fallback_draws: int = 0,
+    fallback_temperature: float = 1.0,
+) -> torch.Tensor | None:
     """``draws`` χ draws per batch element, each element from its own generator (replica b of a batch then
     draws what a single run with ``generators[b]`` draws).
 
@@ -92,15 +95,27 @@ def draw_chi(logits: torch.Tensor | None, generators: list[torch.Generator], dra
     draws
         M, independent draws per element (the first is the draw; the others are alternatives a side-chain
         placement may turn to).
+    fallback_draws
+        K further draws per element from ``logits / fallback_temperature``, after the M (the last resort of
+        a placement).
+    fallback_temperature
+        T ≥ 1 of those draws (T > 1 flattens the distribution).
 
     Returns
     -------
     torch.Tensor or None
-        ``[B, M, N, 4]`` angles (rad), or None when ``logits`` is None.
+        ``[B, M + K, N, 4]`` angles (rad), or None when ``logits`` is None.
     """
     if logits is None:
         return None
-    return torch.stack([sample_chi(logits[b].expand(draws, *logits.shape[1:]), g) for b, g in enumerate(generators)])
+    out = []
+    for b, g in enumerate(generators):
+        chi = sample_chi(logits[b].expand(draws, *logits.shape[1:]), g)
+        if fallback_draws > 0:
+            flat = logits[b].float() / fallback_temperature
+            chi = torch.cat([chi, sample_chi(flat.expand(fallback_draws, *logits.shape[1:]), g)])
+        out.append(chi)
+    return torch.stack(out)
 
 
 __all__ = ["CHI_OFFSET", "NUM_CHI", "chi_bin", "chi_loss", "draw_chi", "most_likely_chi", "sample_chi"]

@@ -79,6 +79,11 @@ class ModelConfig:
     # χ draws per proposal: the all-atom mapping takes the first, and re-turns a residue whose side chain
     # overlaps another heavy atom to the next draw (SideChains.place)
     chi_draws: int = 8
+    # then, for residues none of those draws fits, chi_fallback_draws more from the head's distribution
+    # flattened to temperature chi_fallback_temperature (logits / T): the head can put almost no weight on
+    # the rotamers that fit a backbone it got slightly wrong (0: no fallback draws)
+    chi_fallback_draws: int = 0
+    chi_fallback_temperature: float = 5.0
     # longest Δt (ps) of one model step at inference; a longer jump is drawn as equal steps whose frames
     # join the history (Rollout); 0: every jump in one step
     max_step_ps: float = 0.0
@@ -111,6 +116,11 @@ class ModelConfig:
             raise StarMDError(f"chi_bins must be at least 2, got {self.chi_bins}")
         if self.chi_draws < 1:
             raise StarMDError(f"chi_draws must be at least 1, got {self.chi_draws}")
+        if self.chi_fallback_draws < 0:
+            raise StarMDError(f"chi_fallback_draws must be 0 (none) or more, got {self.chi_fallback_draws}")
+        if not (self.chi_fallback_temperature >= 1.0 and math.isfinite(self.chi_fallback_temperature)):
+            raise StarMDError(f"chi_fallback_temperature must be a finite number >= 1, got "
+                              f"{self.chi_fallback_temperature}")
         if not (self.max_step_ps >= 0 and math.isfinite(self.max_step_ps)):
             raise StarMDError(f"max_step_ps must be 0 (one step per jump) or a positive ps, got {self.max_step_ps}")
         if self.intermediate_sampler_steps < 0:
@@ -122,6 +132,13 @@ class ModelConfig:
         if not 0 < low <= high:
             raise StarMDError(f"temperature_range_k must be (low, high) K with 0 < low <= high, got "
                               f"{self.temperature_range_k}")
+
+    def chi_draw_setting(self) -> dict[str, float] | None:
+        """χ draws per proposal as a run records them (None without a χ head)."""
+        if not self.chi_head:
+            return None
+        return {"draws": self.chi_draws, "fallback_draws": self.chi_fallback_draws,
+                "fallback_temperature": self.chi_fallback_temperature}
 
     @property
     def head_dim(self) -> int:
@@ -193,7 +210,8 @@ def check_temperature(config: ModelConfig, temperature_k: float, slack_k: float 
 
 
 _ADDED_FIELDS = ("temperature_condition", "temperature_range_k", "chi_bins", "chi_loss_weight", "chi_draws",
-                 "max_step_ps", "deterministic_steps", "intermediate_sampler_steps", "violation_loss_weight")
+                 "max_step_ps", "deterministic_steps", "intermediate_sampler_steps", "violation_loss_weight",
+                 "chi_fallback_draws", "chi_fallback_temperature")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 PRESETS: dict[str, ModelConfig] = {

@@ -113,6 +113,12 @@ def _model_max_step_ps(proposer: Any) -> float | None:
     return None if model is None else float(model.config.max_step_ps)
 
 
+def _model_chi_draws(proposer: Any) -> dict[str, float] | None:
+    """χ draws per proposal of a STAR-MD proposer with a χ head (:meth:`ModelConfig.chi_draw_setting`)."""
+    model = getattr(proposer, "model", None)
+    return None if model is None else model.config.chi_draw_setting()
+
+
 def _prepared_pdb(input_path: str | os.PathLike) -> str:
     """The prepared structure as PDB text (kept in memory until every check has passed)."""
     from openmm_starmd import prep
@@ -273,7 +279,8 @@ def run_simulation(
                 "temperature_k": temperature_k, "relax": relax.describe(), "protein_only": protein_only,
                 "guards": members[0].guard_settings.describe(), "proposer": type(members[0].proposer).__name__,
                 "side_chains": "rigid" if members[0].side_chains is None else "chi head",
-                "model_max_step_ps": _model_max_step_ps(members[0].proposer)}
+                "model_max_step_ps": _model_max_step_ps(members[0].proposer),
+                "model_chi_draws": _model_chi_draws(members[0].proposer)}
     record: dict[str, Any] = {"settings": settings, "device": str(members[0].device), "versions": software_versions(),
                               "status": "running", "jumps_done": sum(done), "jumps_total": total * replicas}
     atomic_write_json(out / "run.json", record)

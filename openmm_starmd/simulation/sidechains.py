@@ -14,7 +14,10 @@ Trp9) can be turned into each other. The model therefore gives M independent dra
 :meth:`SideChains.place` sets the first, then turns every residue whose side chain overlaps a heavy atom
 (closer than ``clash_nm``, more than three bonds apart) to its next draw, and so on through the M draws:
 each residue ends on the first of its draws that fits among the others, a draw from the model's own χ
-distribution. A residue that still adds an overlap the rigidly moved structure did not have keeps its
+distribution. With ``chi_fallback_draws`` the M draws are followed by K more from the same head flattened
+to a temperature T (:func:`~openmm_starmd.model.chi.draw_chi`): where the head is sure of a rotamer that the
+drawn backbone leaves no room for, the M draws are all the same rotamer, and only the flattened ones reach
+the others. A residue that still adds an overlap the rigidly moved structure did not have keeps its
 rigidly moved side chain.
 """
 
