@@ -74,7 +74,7 @@ def _append_xtc(path: Path, xyz: np.ndarray, times: np.ndarray, steps: np.ndarra
 class _Trajectories:
     """Start structure, atom mapping and writers of one run folder."""
 
-    def __init__(self, out: Path, start_pdb: Path, atoms: str, replicas: int, chi_head: bool) -> None:
+    def __init__(self, out: Path, start_pdb: Path, atoms: str, replicas: int, chi_draws: int | None) -> None:
         import openmm.unit as unit
 
         from openmm_starmd import prep
@@ -86,7 +86,9 @@ class _Trajectories:
         self.positions = np.asarray(start.positions.value_in_unit(unit.nanometer), dtype=np.float64)
         self.atom_map = AtomMap(self.topology)
         self.start_frames = self.atom_map.frames(self.positions)
-        self.side_chains = SideChains(self.topology) if chi_head and atoms == "all" else None
+        # chi_draws: the model's M χ draws (None: no χ head; side chains move rigidly)
+        self.side_chains = SideChains(self.topology) if chi_draws is not None and atoms == "all" else None
+        self.chi_draws = chi_draws
         bb = self.atom_map.backbone
         self.keep = (np.sort(bb[bb >= 0]) if atoms == "backbone" else np.arange(len(self.positions)))
         full = md.Trajectory(self.positions[None].astype(np.float32), md.Topology.from_openmm(self.topology))
@@ -100,7 +102,7 @@ class _Trajectories:
         side-chain torsions ``[N, 4]`` rad (None: side chains move rigidly)."""
         moved = self.atom_map.move_atoms(self.positions, self.start_frames, (rot, trans))
         if self.side_chains is not None:
-            moved = self.side_chains.place(moved, chi)
+            moved = self.side_chains.place(moved, chi, draws=self.chi_draws)
         return moved[self.keep]
 
     def save(self, first_jump: int, jump_ps: float, frames: list[list[np.ndarray]], model_s: list[float]) -> list[dict]:
@@ -250,7 +252,8 @@ def run_rollout(
             path.unlink(missing_ok=True)
         prep.write_pdb(prepared, out / "start.pdb", overwrite=True)
     # ---- set up from the written start structure, so a resumed run is the same run
-    trajs = _Trajectories(out, out / "start.pdb", atoms, replicas, bool(net.config.chi_head))
+    trajs = _Trajectories(out, out / "start.pdb", atoms, replicas,
+                          net.config.chi_draws if net.config.chi_head else None)
     if not resume:
         trajs.frame0.save_pdb(str(out / "topology.pdb"))
     rollout = Rollout(net, featurize_topology(trajs.topology), replicas=replicas)
@@ -273,7 +276,8 @@ def run_rollout(
                 "side_chains": ("not written" if atoms == "backbone" else
                                 "rigid" if trajs.side_chains is None else "chi head"),
                 "raw": "model draws only: no OpenMM relaxation, no guards, no re-draws"}
-    record: dict[str, Any] = {"settings": settings, "versions": software_versions(), "status": "running",
+    record: dict[str, Any] = {"settings": settings, "versions": software_versions(),
+                              "torch_threads": torch.get_num_threads(), "status": "running",
                               "jumps_done": done, "jumps_total": total}
     atomic_write_json(out / "run.json", record)
 

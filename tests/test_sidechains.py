@@ -128,6 +128,82 @@ def test_place_turns_an_overlapping_side_chain_to_its_next_draw_and_keeps_the_ot
     assert np.array_equal(sc.place(x, first)[trp], x[trp])
 
 
+def test_fallback_draws_only_reach_side_chains_that_overlap_even_when_rigid(chignolin):
+    topology, x = chignolin
+    sc = SideChains(topology)
+    md_top = mdtraj.Topology.from_openmm(topology)
+    before, _ = torsions(x, topology)
+    into, clear = before[0, :, 3:].clone(), before[0, :, 3:].clone()
+    into[8, :2] = torch.tensor([math.radians(-60.0), math.radians(90.0)])  # Trp9 into Tyr2
+    clear[8, :2] = torch.tensor([math.radians(180.0), math.radians(-90.0)])  # Trp9 clear of everything
+    trp = [a.index for a in list(topology.residues())[8].atoms()]
+    # the rigid side chain fits: the draw that overlaps is undone and the fallback draw is never tried
+    y = sc.place(x, torch.stack([into, clear]), draws=1)
+    assert np.array_equal(y[trp], x[trp])
+    assert not np.array_equal(sc.place(x, torch.stack([into, clear]))[trp], x[trp])  # as a second draw it is taken
+    # the rigidly moved side chain overlaps too: the fallback draw is taken
+    jammed = sc.set_chi(x, into)
+    assert frame_validity(mdtraj.Trajectory(jammed[None].astype(np.float32), md_top)).heavy_clashes[0] >= 10
+    y = sc.place(jammed, torch.stack([into, clear]), draws=1)
+    assert frame_validity(mdtraj.Trajectory(y[None].astype(np.float32), md_top)).heavy_clashes[0] == 0
+    angles, _ = torsions(y, topology)
+    assert float(_wrap(angles[0, 8, 3:5] - clear[8, :2]).abs().max()) < 1e-4
+    # a fallback draw that overlaps as well is not kept: the residue stays as the first draws left it
+    y = sc.place(jammed, torch.stack([into, into]), draws=1)
+    assert np.allclose(y, jammed, atol=1e-9, rtol=0)
+
+
+def _dihedral(q: np.ndarray) -> torch.Tensor:
+    """Dihedral (rad) of four points ``[4, 3]``."""
+    b0, b1, b2 = q[0] - q[1], q[2] - q[1], q[3] - q[2]
+    b1 = b1 / np.linalg.norm(b1)
+    v, w = b0 - (b0 @ b1) * b1, b2 - (b2 @ b1) * b1
+    return torch.tensor(math.atan2(np.cross(b1, v) @ w, v @ w))
+
+
+def _turn(x: np.ndarray, axis_from: int, axis_to: int, atoms: list[int], angle: float) -> np.ndarray:
+    """Rodrigues rotation of ``atoms`` about the axis_from → axis_to bond (independent of the package)."""
+    k = (x[axis_to] - x[axis_from]) / np.linalg.norm(x[axis_to] - x[axis_from])
+    v = x[atoms] - x[axis_to]
+    y = x.copy()
+    y[atoms] = (x[axis_to] + v * math.cos(angle) + np.cross(k, v) * math.sin(angle)
+                + np.outer(v @ k, k) * (1 - math.cos(angle)))
+    return y
+
+
+def test_an_overlapping_c_terminal_carboxylate_turns_about_ca_c_to_the_nearest_clear_angle(chignolin):
+    topology, x = chignolin
+    sc = SideChains(topology)
+    md_top = mdtraj.Topology.from_openmm(topology)
+    last = list(topology.residues())[-1]
+    atom = {a.name: a.index for a in last.atoms()}
+    carboxylate = [atom["O"], atom["OXT"]]
+    assert np.array_equal(sc.place(x, None), x)  # nothing overlaps: nothing moves
+    # a raw proposal of the hybrid: Tyr1's N 0.18 nm from Tyr10's OXT, the only overlap
+    raw = app.PDBFile(str(DATA / "cln025_raw_cterm_overlap.pdb"))
+    p = np.asarray(raw.positions.value_in_unit(u.nanometer), dtype=np.float64)
+
+    def clashes(y: np.ndarray) -> int:
+        return int(frame_validity(mdtraj.Trajectory(y[None].astype(np.float32), md_top)).heavy_clashes[0])
+
+    assert clashes(p) == 1 and np.linalg.norm(p[0] - p[atom["OXT"]]) < 0.2
+    y = sc.place(p, None)
+    assert clashes(y) == 0
+    others = np.setdiff1d(np.arange(len(p)), carboxylate)
+    assert np.array_equal(y[others], p[others])
+    for a in carboxylate:  # a turn about CA–C: distances to CA and C are kept
+        for b in (atom["CA"], atom["C"]):
+            assert abs(np.linalg.norm(y[a] - y[b]) - np.linalg.norm(p[a] - p[b])) < 1e-9
+    quad = [atom["N"], atom["CA"], atom["C"], atom["OXT"]]
+    turned = float(_wrap(_dihedral(y[quad]) - _dihedral(p[quad])))
+    assert 1e-3 < abs(turned) <= math.pi + 1e-6
+    steps = round(abs(math.degrees(turned)) / 15)
+    assert abs(abs(math.degrees(turned)) - 15 * steps) < 1e-3  # one of the 15° steps
+    for k in range(1, steps):  # every nearer step still overlaps
+        for sign in (1, -1):
+            assert clashes(_turn(p, atom["CA"], atom["C"], carboxylate, sign * math.radians(15 * k))) > 0
+
+
 def _chi_net(bias_bin: int | None = CHI1_BIN) -> StarMDNetwork:
     torch.manual_seed(0)
     net = StarMDNetwork(preset("tiny", chi_head=True, chi_bins=BINS))
@@ -237,11 +313,11 @@ def _chi1_bins(positions: np.ndarray, topology: app.Topology) -> tuple[torch.Ten
 def _took_the_draw(rigid: np.ndarray, out: np.ndarray, topology: app.Topology) -> int:
     """Residues whose χ1 is in the forced bin; every other settable residue kept its rigid side chain
     (the draw would have overlapped a neighbour: SideChains.place)."""
-    settable = np.flatnonzero(SideChains(topology).mask[:, 0])
+    sc = SideChains(topology)
+    settable = np.flatnonzero(sc.mask[:, 0])
     bins, _ = _chi1_bins(out, topology)
-    residues = list(topology.residues())
     for i, b in zip(settable, bins.tolist(), strict=True):
-        atoms = [a.index for a in residues[i].atoms()]
+        atoms = sc.moving_atoms(int(i), 0)  # the side chain (a C-terminal carboxylate may turn on its own)
         assert b == CHI1_BIN or np.array_equal(out[atoms], rigid[atoms])
     return int((bins == CHI1_BIN).sum())
 
@@ -295,6 +371,7 @@ def test_starmd_rollout_all_atoms_places_side_chains_and_says_so(tmp_path, place
     record = json.loads((out / "run.json").read_text())
     assert record["settings"]["side_chains"] == "chi head"
     assert record["settings"]["model_chi_draws"]["draws"] == 8
+    assert record["torch_threads"] == torch.get_num_threads()
     traj = mdtraj.load(str(out / "traj.xtc"), top=str(out / "topology.pdb"))
     assert traj.n_frames == 2
     top = app.PDBFile(str(out / "topology.pdb")).topology
@@ -318,6 +395,7 @@ def test_simulate_records_side_chains_from_the_chi_head(tmp_path, mapped, placed
     assert record["settings"]["side_chains"] == "chi head" and record["status"] == "failed"
     assert record["settings"]["model_max_step_ps"] == 50.0
     assert record["settings"]["model_chi_draws"] == {"draws": 8, "fallback_draws": 0, "fallback_temperature": 5.0}
+    assert record["torch_threads"] == torch.get_num_threads()  # what the seed reproduces with
     assert len(mapped) == record["validity"]["raw_proposals"] > 0
     assert np.array_equal(mapped[0], placed[0][1])
     assert _took_the_draw(*placed[0], app.PDBFile(str(out / "topology.pdb")).topology) >= 1

@@ -101,11 +101,9 @@ def _image_constants(device: torch.device) -> tuple[torch.Tensor, ...]:
     """(2πk, −4πk, −4π²k², (−1)^k) for the images k = −2..2, float64 on ``device`` (built once)."""
     if device not in _IMAGE_CONSTANTS:
         with torch.inference_mode(False):  # constants made under inference mode could never enter autograd
-            k = torch.arange(-_IMAGES, _IMAGES + 1, dtype=torch.float64)
-            _IMAGE_CONSTANTS[device] = tuple(
-                x.to(device, copy=True) for x in (2.0 * math.pi * k, -4.0 * math.pi * k, -4.0 * math.pi**2 * k * k,
-                                                  1.0 - 2.0 * torch.remainder(k, 2.0))
-            )
+            k = torch.arange(-_IMAGES, _IMAGES + 1, dtype=torch.float64, device=device)
+            _IMAGE_CONSTANTS[device] = (2.0 * math.pi * k, -4.0 * math.pi * k, -4.0 * math.pi**2 * k * k,
+                                        1.0 - 2.0 * torch.remainder(k, 2.0))
     return _IMAGE_CONSTANTS[device]
 
 

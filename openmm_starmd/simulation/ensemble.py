@@ -104,6 +104,10 @@ class ReplicaProposer(Proposer):
         return self.chi
 
     @property
+    def chi_draws(self) -> int | None:
+        return int(self.model.config.chi_draws)
+
+    @property
     def count(self) -> int:
         """Frames pushed to this replica's history."""
         return self.batch.rollout.counts[self.k]

@@ -300,7 +300,8 @@ class StarMDSimulation(app.Simulation):
                 # Atoms live on the CPU (numpy, OpenMM); only the model's frames come from its device.
                 target = self.atom_map.move_atoms(protein, old, (rot.cpu(), trans.cpu()))
                 if self.side_chains is not None:  # χ drawn with the proposal
-                    target = self.side_chains.place(target, self.proposer.proposal_chi())
+                    target = self.side_chains.place(target, self.proposer.proposal_chi(),
+                                                    draws=self.proposer.chi_draws)
                 failure = self.guard.raw_failure(target)
                 stats.raw_valid += failure is None
                 reason = self.guard.check_target(target)

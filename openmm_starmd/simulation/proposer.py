@@ -80,8 +80,16 @@ class Proposer(ABC):
         return False
 
     def proposal_chi(self) -> torch.Tensor | None:
-        """χ1–χ4 ``[M, N, 4]`` (rad), M draws with the last ``propose`` (the first is the draw, the others
-        alternatives for side chains it would overlap), or None: side chains move rigidly."""
+        """χ1–χ4 ``[M + K, N, 4]`` (rad), draws with the last ``propose`` (the first is the draw, the others
+        alternatives for side chains it would overlap; see :attr:`chi_draws`), or None: side chains move
+        rigidly."""
+        return None
+
+    @property
+    def chi_draws(self) -> int | None:
+        """M: how many leading draws of :meth:`proposal_chi` a side chain tries before it stays rigid; the
+        K after them are fallback draws, tried only where the rigid side chain overlaps too. None: all M + K
+        are tried first (:meth:`~openmm_starmd.simulation.sidechains.SideChains.place`)."""
         return None
 
     def set_temperature(self, temperature_k: float) -> None:  # noqa: B027 - temperature-blind default
@@ -224,6 +232,10 @@ class StarMDProposer(Proposer):
 
     def proposal_chi(self) -> torch.Tensor | None:
         return self.rollout.last_chi
+
+    @property
+    def chi_draws(self) -> int | None:
+        return int(self.model.config.chi_draws)
 
     def reset(self) -> None:
         from openmm_starmd.rollout import Rollout

@@ -26,6 +26,7 @@ import mdtraj as md
 import numpy as np
 import openmm.app as app
 import openmm.unit as u
+import torch
 from tqdm import tqdm
 
 from openmm_starmd.analysis.validity import frame_validity
@@ -281,7 +282,9 @@ def run_simulation(
                 "side_chains": "rigid" if members[0].side_chains is None else "chi head",
                 "model_max_step_ps": _model_max_step_ps(members[0].proposer),
                 "model_chi_draws": _model_chi_draws(members[0].proposer)}
+    # a seed fixes the run at a given torch thread count (reductions split differently with more threads)
     record: dict[str, Any] = {"settings": settings, "device": str(members[0].device), "versions": software_versions(),
+                              "torch_threads": torch.get_num_threads(),
                               "status": "running", "jumps_done": sum(done), "jumps_total": total * replicas}
     atomic_write_json(out / "run.json", record)
 

@@ -18,7 +18,13 @@ distribution. With ``chi_fallback_draws`` the M draws are followed by K more fro
 to a temperature T (:func:`~openmm_starmd.model.chi.draw_chi`): where the head is sure of a rotamer that the
 drawn backbone leaves no room for, the M draws are all the same rotamer, and only the flattened ones reach
 the others. A residue that still adds an overlap the rigidly moved structure did not have keeps its
-rigidly moved side chain.
+rigidly moved side chain; the K fallback draws are tried after that, and only for side chains that then
+still overlap, so wherever the M draws or the rigid side chain fit the placement is the same as without them.
+
+A C-terminal carboxylate (O and OXT hanging off the last residue's C) is set by no frame: its turn about
+CA–C is the last residue's ψ, which needs the next residue to be fixed. The mapping carries it rigidly from
+the previous structure; where it then overlaps a heavy atom, :meth:`SideChains.place` turns it about CA–C to
+the nearest of 15° steps where it overlaps nothing (before and after the side chains).
 """
 
 from __future__ import annotations
@@ -37,6 +43,9 @@ from openmm_starmd.frames.rigid import rotate_about_axis
 from openmm_starmd.model.chi import CHI_OFFSET, NUM_CHI
 
 __all__ = ["SideChains", "side_chains_for"]
+
+# Turns (rad) tried for an overlapping C-terminal carboxylate, nearest first: ±15°, ±30°, ..., 180°.
+_TERMINUS_TURNS = [float(np.deg2rad(sign * step)) for step in range(15, 181, 15) for sign in (1, -1)][:-1]
 
 
 def _far_side(neighbours: list[set[int]], atom2: int, atom3: int) -> set[int]:
@@ -68,7 +77,7 @@ class SideChains:
 
     def __init__(self, topology: app.Topology) -> None:
         quads, defined = torsion_atom_indices(topology)
-        _, framed = backbone_atom_indices(topology)
+        index, framed = backbone_atom_indices(topology)
         residue_of = [atom.residue.index for atom in topology.atoms()]
         neighbours: list[set[int]] = [set() for _ in residue_of]
         for a, b in topology.bonds():
@@ -86,6 +95,16 @@ class SideChains:
         self._quads: list[torch.Tensor] = []
         self._atoms: list[torch.Tensor] = []
         self._owner: list[torch.Tensor] = []
+        # C-terminal groups turning about CA–C: (CA, C, heavy atoms that turn, all atoms that turn).
+        self._termini: list[tuple[int, int, list[int], list[int]]] = []
+        for i in range(N):
+            if not framed[i]:
+                continue
+            ca, c = int(index[i, 1]), int(index[i, 2])
+            moving = sorted(_far_side(neighbours, ca, c))
+            heavy = [x for x in moving if self._heavy[x]]
+            if heavy and ca not in moving and all(residue_of[x] == i for x in moving):
+                self._termini.append((ca, c, heavy, moving))
         for k in range(NUM_CHI):
             rows, quad_rows, atoms, owner = [], [], [], []
             for i in range(N):
@@ -175,46 +194,105 @@ class SideChains:
         residues = np.unique(np.concatenate([self._owner_residue[a], self._owner_residue[b]]))
         return residues[residues >= 0]
 
-    def place(self, positions: Any, chi: torch.Tensor | None, clash_nm: float = HEAVY_CLASH_NM) -> np.ndarray:
-        """Side chains set to the first of the M χ draws that fits: :meth:`set_chi` with draw 0, then every
-        residue whose turned heavy atoms overlap another heavy atom (closer than ``clash_nm`` nm, more than
-        three bonds apart) is turned to its next draw, through draw M − 1; last, every residue that still adds
-        an overlap the rigidly moved ``positions`` did not have gets its rigidly moved side chain back.
+    def _overlapping(self, x: np.ndarray, atoms: list[int], clash_nm: float) -> bool:
+        """Whether any of the heavy ``atoms`` in ``x`` ``[n_atoms, 3]`` nm is closer than ``clash_nm`` to a heavy
+        atom more than three bonds away."""
+        heavy = np.flatnonzero(self._heavy)
+        near = cKDTree(x[heavy]).query_ball_point(x[atoms], clash_nm)
+        for a, hits in zip(atoms, near, strict=True):
+            others = heavy[hits]
+            others = others[others != a]
+            if len(others) and not np.asarray(self._near[np.full(len(others), a), others]).all():
+                return True
+        return False
+
+    def _fit_termini(self, x: np.ndarray, clash_nm: float) -> np.ndarray:
+        """``x`` ``[n_atoms, 3]`` nm with every overlapping C-terminal carboxylate turned about CA–C to the
+        nearest of :data:`_TERMINUS_TURNS` where it overlaps nothing (left as it is when none does)."""
+        for ca, c, heavy, moving in self._termini:
+            if not self._overlapping(x, heavy, clash_nm):
+                continue
+            points = torch.as_tensor(x[moving], device="cpu")
+            origin = torch.as_tensor(x[c], device="cpu").expand_as(points)
+            axis = torch.as_tensor(x[c] - x[ca], device="cpu").expand_as(points)
+            for turn in _TERMINUS_TURNS:
+                y = x.copy()
+                angle = torch.full((len(moving),), turn, dtype=points.dtype, device="cpu")
+                y[moving] = rotate_about_axis(points, origin, axis, angle).numpy()
+                if not self._overlapping(y, heavy, clash_nm):
+                    x = y
+                    break
+        return x
+
+    def _first_fit(self, base: np.ndarray, draws: torch.Tensor, clash_nm: float,
+                   residues: np.ndarray | None = None) -> np.ndarray:
+        """``base`` with each residue's side chain on the first of ``draws`` ``[M, N, 4]`` rad that fits.
+
+        Without ``residues`` every side chain is set and a residue that still adds an overlap ``base`` did not
+        have gets its side chain from ``base`` back; with ``residues`` only those are set, and each that still
+        overlaps anything gets its side chain from ``base`` back."""
+        select = None
+        if residues is not None:
+            select = np.zeros(self.mask.shape, dtype=bool)
+            select[residues] = True
+        after = self.set_chi(base, draws[0], select)
+        for m in range(1, len(draws)):
+            clashing = self._clashes(after, clash_nm)
+            if residues is not None:
+                clashing = np.intersect1d(clashing, residues)
+            if len(clashing) == 0:
+                break
+            redraw = np.zeros(self.mask.shape, dtype=bool)
+            redraw[clashing] = True
+            after = self.set_chi(after, draws[m], redraw)
+        while True:  # undoing one residue can expose another's draw to the old side chain: repeat until clean
+            clashing = self._clashes(after, clash_nm, None if residues is not None else base)
+            moved = np.isin(self._owner_residue, clashing) & np.any(after != base, axis=-1)
+            if not moved.any():
+                return after
+            after[moved] = base[moved]
+
+    def place(self, positions: Any, chi: torch.Tensor | None, clash_nm: float = HEAVY_CLASH_NM,
+              draws: int | None = None) -> np.ndarray:
+        """Side chains set to the first of the χ draws that fits, and C-terminal carboxylates turned clear.
+
+        :meth:`set_chi` with draw 0, then every residue whose turned heavy atoms overlap another heavy atom
+        (closer than ``clash_nm`` nm, more than three bonds apart) is turned to its next draw, through draw
+        ``draws`` − 1; every residue that still adds an overlap the rigidly moved ``positions`` did not have
+        gets its rigidly moved side chain back. Residues whose side chain then still overlaps try the draws
+        after the first ``draws`` (fallback draws) the same way, and keep the first that overlaps nothing.
+        Overlapping C-terminal carboxylates are turned about CA–C before and after the side chains.
 
         Parameters
         ----------
         positions
             ``[n_atoms, 3]`` nm, the rigidly moved structure.
         chi
-            ``[M, N, 4]`` rad (M draws, in order of preference) or ``[N, 4]`` (one draw), or None
-            (positions returned unchanged).
+            ``[M + K, N, 4]`` rad (draws in order of preference) or ``[N, 4]`` (one draw), or None (side chains
+            stay as they are; only the carboxylates are turned).
         clash_nm
             Overlap distance, nm (default: ``starmd validate``'s heavy-atom clash).
+        draws
+            M, the draws tried before a side chain stays rigid; the other K are fallback draws (default: all
+            draws are tried first, none is a fallback).
 
         Returns
         -------
         numpy.ndarray
             ``[n_atoms, 3]`` nm, float64.
         """
-        before = np.asarray(positions, dtype=np.float64)
+        before = self._fit_termini(np.array(positions, dtype=np.float64), clash_nm)
         if chi is None:
-            return before.copy()
-        draws = torch.as_tensor(chi, device="cpu")
-        draws = draws[None] if draws.ndim == 2 else draws
-        after = self.set_chi(before, draws[0])
-        for m in range(1, len(draws)):
-            residues = self._clashes(after, clash_nm)
-            if len(residues) == 0:
-                break
-            redraw = np.zeros(self.mask.shape, dtype=bool)
-            redraw[residues] = True
-            after = self.set_chi(after, draws[m], redraw)
-        while True:  # undoing one residue can expose another's draw to the old side chain: repeat until clean
-            residues = self._clashes(after, clash_nm, before)
-            moved = np.isin(self._owner_residue, residues) & np.any(after != before, axis=-1)
-            if not moved.any():
-                return after
-            after[moved] = before[moved]
+            return before
+        chi = torch.as_tensor(chi, device="cpu")
+        chi = chi[None] if chi.ndim == 2 else chi
+        first = len(chi) if draws is None else min(max(int(draws), 1), len(chi))
+        after = self._first_fit(before, chi[:first], clash_nm)
+        if first < len(chi):
+            stuck = self._clashes(after, clash_nm)
+            if len(stuck):
+                after = self._first_fit(after, chi[first:], clash_nm, stuck)
+        return self._fit_termini(after, clash_nm)
 
 
 def side_chains_for(topology: app.Topology, proposer: Any) -> SideChains | None:
