@@ -3,7 +3,8 @@
 Runs ``starmd simulate``'s code (default relaxation and guards, the model's own sampler and χ draws) for
 ``--jumps`` jumps per (model, seed) and reads each run's ``run.json``: raw validity (proposals mapped to atoms
 with side chains placed, before guards and relaxation, scored by ``starmd validate``'s criteria), failures by
-cause, rejection rate. Runs are cached in ``--work`` (resumed or reused); the table goes to ``--md``/``--json``.
+cause, rejection rate. Runs are cached in ``--work`` (resumed, or reused when the run.json names the same model
+and χ draws); the table goes to ``--md``/``--json``.
 
     OPENMM_CPU_THREADS=1 python benchmarks/bench_raw_validity.py --models default /path/ft_a --seeds 0 1 \\
         --work /tmp/raw --md benchmarks/results/raw_validity.md --json benchmarks/results/raw_validity.json
@@ -17,16 +18,28 @@ import time
 from pathlib import Path
 
 from openmm_starmd.atomic import atomic_write, atomic_write_json
+from openmm_starmd.model.checkpoint import DEFAULT_MODEL, model_folder, read_model_json
+from openmm_starmd.model.config import ModelConfig
 from openmm_starmd.simulation.run import run_simulation
 
 
+def _same_model(settings: dict, model: str) -> bool:
+    """Whether a cached run used ``model``: the same folder (or name) and the same χ draws of its model.json
+    (the shipped model.json changes without its folder changing)."""
+    folder = model_folder(model)
+    chi = ModelConfig.from_dict(read_model_json(folder)["config"]).chi_draw_setting()
+    name = model if model == DEFAULT_MODEL else str(folder.resolve())
+    return settings.get("model") == name and settings.get("model_chi_draws") == chi
+
+
 def one_run(pdb: Path, work: Path, model: str, seed: int, jumps: int, jump_ps: float) -> dict:
-    """The run.json of ``jumps`` hybrid jumps of ``model`` from ``pdb`` with ``seed`` (reused when done)."""
+    """The run.json of ``jumps`` hybrid jumps of ``model`` from ``pdb`` with ``seed`` (reused when done with the
+    same model)."""
     run_dir = work / f"{Path(model).name}_seed{seed}"
     record = run_dir / "run.json"
     if record.is_file():
         old = json.loads(record.read_text())
-        if old["jumps_done"] >= jumps and old["settings"]["seed"] == seed:
+        if old["jumps_done"] >= jumps and old["settings"]["seed"] == seed and _same_model(old["settings"], model):
             return old
     run_simulation(pdb, run_dir, time_ps=jumps * jump_ps, jump_ps=jump_ps, model=model, seed=seed,
                    overwrite=True, progress=False)
