@@ -109,14 +109,21 @@ def test_place_keeps_a_draw_only_where_it_adds_no_overlap(chignolin):
     assert abs(float(_wrap(angles[0, 5, 3] - chi[5, 0]))) < 1e-4  # Thr6 takes its draw
 
 
+def _trp9_draws(topology: app.Topology, x: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+    """χ1–χ4 ``[N, 4]`` of ``x`` twice, with Trp9 turned into Tyr2 (19 overlaps) in the first and clear of
+    everything in the second."""
+    before, _ = torsions(x, topology)
+    into, clear = before[0, :, 3:].clone(), before[0, :, 3:].clone()
+    into[8, :2] = torch.tensor([math.radians(-60.0), math.radians(90.0)])
+    clear[8, :2] = torch.tensor([math.radians(180.0), math.radians(-90.0)])
+    return into, clear
+
+
 def test_place_turns_an_overlapping_side_chain_to_its_next_draw_and_keeps_the_others_first(chignolin):
     topology, x = chignolin
     sc = SideChains(topology)
     md_top = mdtraj.Topology.from_openmm(topology)
-    before, _ = torsions(x, topology)
-    first, second = before[0, :, 3:].clone(), before[0, :, 3:].clone()
-    first[8, :2] = torch.tensor([math.radians(-60.0), math.radians(90.0)])  # Trp9 into Tyr2: 19 overlaps
-    second[8, :2] = torch.tensor([math.radians(180.0), math.radians(-90.0)])  # Trp9 clear of everything
+    first, second = _trp9_draws(topology, x)
     first[5, 0], second[5, 0] = math.radians(60.0), math.radians(180.0)  # Thr6 fits either way
     y = sc.place(x, torch.stack([first, second]))
     assert frame_validity(mdtraj.Trajectory(y[None].astype(np.float32), md_top)).heavy_clashes[0] == 0
@@ -132,10 +139,7 @@ def test_fallback_draws_only_reach_side_chains_that_overlap_even_when_rigid(chig
     topology, x = chignolin
     sc = SideChains(topology)
     md_top = mdtraj.Topology.from_openmm(topology)
-    before, _ = torsions(x, topology)
-    into, clear = before[0, :, 3:].clone(), before[0, :, 3:].clone()
-    into[8, :2] = torch.tensor([math.radians(-60.0), math.radians(90.0)])  # Trp9 into Tyr2
-    clear[8, :2] = torch.tensor([math.radians(180.0), math.radians(-90.0)])  # Trp9 clear of everything
+    into, clear = _trp9_draws(topology, x)
     trp = [a.index for a in list(topology.residues())[8].atoms()]
     # the rigid side chain fits: the draw that overlaps is undone and the fallback draw is never tried
     y = sc.place(x, torch.stack([into, clear]), draws=1)
