@@ -177,10 +177,10 @@ class SideChains:
             x[atoms] = rotate_about_axis(x[atoms], origin, axis, delta[owner])
         return x.numpy()
 
-    def _clashes(self, x: np.ndarray, clash_nm: float, before: np.ndarray | None = None) -> np.ndarray:
-        """Residues (sorted, unique) whose turned heavy atoms overlap another heavy atom in ``x`` ``[n_atoms, 3]``
-        nm (closer than ``clash_nm``, more than three bonds apart); with ``before``, only overlaps that
-        ``before`` did not have."""
+    def _overlap_pairs(self, x: np.ndarray, clash_nm: float,
+                       before: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        """Atom index pairs ``([P], [P])`` of heavy atoms closer than ``clash_nm`` in ``x`` ``[n_atoms, 3]`` nm and
+        more than three bonds apart; with ``before``, only pairs that were not that close in ``before``."""
         heavy = np.flatnonzero(self._heavy)
         pairs = cKDTree(x[heavy]).query_pairs(clash_nm, output_type="ndarray")
         a, b = heavy[pairs[:, 0]], heavy[pairs[:, 1]]
@@ -191,20 +191,21 @@ class SideChains:
         if len(a):
             far = ~np.asarray(self._near[a, b]).ravel()
             a, b = a[far], b[far]
+        return a, b
+
+    def _clashes(self, x: np.ndarray, clash_nm: float, before: np.ndarray | None = None) -> np.ndarray:
+        """Residues (sorted, unique) whose turned heavy atoms overlap another heavy atom in ``x`` ``[n_atoms, 3]``
+        nm (closer than ``clash_nm``, more than three bonds apart); with ``before``, only overlaps that
+        ``before`` did not have."""
+        a, b = self._overlap_pairs(x, clash_nm, before)
         residues = np.unique(np.concatenate([self._owner_residue[a], self._owner_residue[b]]))
         return residues[residues >= 0]
 
     def _overlapping(self, x: np.ndarray, atoms: list[int], clash_nm: float) -> bool:
         """Whether any of the heavy ``atoms`` in ``x`` ``[n_atoms, 3]`` nm is closer than ``clash_nm`` to a heavy
         atom more than three bonds away."""
-        heavy = np.flatnonzero(self._heavy)
-        near = cKDTree(x[heavy]).query_ball_point(x[atoms], clash_nm)
-        for a, hits in zip(atoms, near, strict=True):
-            others = heavy[hits]
-            others = others[others != a]
-            if len(others) and not np.asarray(self._near[np.full(len(others), a), others]).all():
-                return True
-        return False
+        a, b = self._overlap_pairs(x, clash_nm)
+        return bool(np.isin(a, atoms).any() or np.isin(b, atoms).any())
 
     def _fit_termini(self, x: np.ndarray, clash_nm: float) -> np.ndarray:
         """``x`` ``[n_atoms, 3]`` nm with every overlapping C-terminal carboxylate turned about CA–C to the
