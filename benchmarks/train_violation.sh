@@ -5,10 +5,13 @@
 # the tetrapeptides) with the five held-out tetrapeptides FIFI, HGDD, KPRY, NVRA, WWET kept out as whole
 # systems. Trajectories stay outside git.
 #
-#   SHARED=../shared/data/md bash benchmarks/train_violation.sh OUT [W]
+#   SHARED=../shared/data/md bash benchmarks/train_violation.sh OUT [W] [more starmd train options]
+#
+# The neighbour fine-tune (2026-12-02, not shipped or shipped: README) adds --violation-neighbours.
 set -euo pipefail
 OUT=${1:?usage: train_violation.sh OUT [WEIGHT]}
 WEIGHT=${2:-30}
+shift $(( $# < 2 ? $# : 2 ))
 SHARED=${SHARED:-../shared/data/md}
 data=$(mktemp -d)
 init=$(mktemp -d)
@@ -16,4 +19,4 @@ for f in model.json model.safetensors; do git show "e7a5136:openmm_starmd/weight
 for system in "$SHARED"/*/; do ln -s "$(realpath "$system")" "$data/$(basename "$system")"; done
 OMP_NUM_THREADS=1 starmd train "$data" -o "$OUT" --init "$init" --steps 1500 --batch-size 16 --lr 1e-4 --warmup 50 \
     --val-every 250 --checkpoint-every 250 --val-systems FIFI,HGDD,KPRY,NVRA,WWET --seed 0 --device cpu \
-    --threads 1 --violation-weight "$WEIGHT"
+    --threads 1 --violation-weight "$WEIGHT" "$@"

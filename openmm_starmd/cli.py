@@ -154,6 +154,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--violation-weight", type=float, metavar="W",
                    help="weight of the penalty on stretched CA–CA links and backbone overlaps of predicted "
                         "structures (Å²; default: the preset's 0, or with --init the checkpoint's)")
+    p.add_argument("--violation-neighbours", action="store_true",
+                   help="also penalise overlaps of consecutive residues' backbone atoms four or more bonds "
+                        "apart (a φ near 0 puts O(i) on C(i+1) and O(i+1))")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto: cuda when available)")
     p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
     p.add_argument("--workers", type=int, default=0,
@@ -179,7 +182,7 @@ def _run_train(args: argparse.Namespace) -> None:
         device=None if args.device in (None, "auto") else args.device, resume=args.resume,
         overwrite=args.overwrite, workers=args.workers, init=args.init,
         temperature_condition=args.temperature_condition, chi_head=args.chi_head,
-        violation_weight=args.violation_weight,
+        violation_weight=args.violation_weight, violation_neighbours=args.violation_neighbours,
         val_systems=[n.strip() for n in args.val_systems.split(",") if n.strip()],
         val_system_fraction=args.val_system_fraction,
     )

@@ -46,12 +46,12 @@ def has_cb(traj: md.Trajectory) -> torch.Tensor:
 
 def test_md_frames_are_not_penalised(traj, chignolin):
     cb = has_cb(traj)[None].expand(len(chignolin), -1)
-    for with_cb in (None, cb):
-        v = backbone_violation(chignolin, *flags(chignolin), with_cb)
+    for with_cb, neighbours in ((None, False), (cb, False), (cb, True)):
+        v = backbone_violation(chignolin, *flags(chignolin), with_cb, neighbours)
         assert v.shape == (len(chignolin),)
         assert float(v.max()) < 1e-5  # nm²: MD grazes the flat bottoms at most
         moved = chignolin + torch.tensor([1.0, -2.0, 0.5])  # a rigid shift changes no distance
-        assert torch.allclose(backbone_violation(moved, *flags(moved), with_cb), v, atol=1e-9)
+        assert torch.allclose(backbone_violation(moved, *flags(moved), with_cb, neighbours), v, atol=1e-9)
 
 
 def test_ideal_cb_is_where_md_has_it(traj, chignolin):
@@ -102,6 +102,19 @@ def test_overlapping_backbones_are_penalised_unless_one_is_padding(chignolin):
     assert float(backbone_violation(bb, mask, brk)) < 1e-5
 
 
+def test_neighbouring_oxygens_on_each_other_are_penalised_with_neighbours_unless_the_chain_breaks(chignolin):
+    bb = chignolin[:1].clone()
+    # O of residue 7 put 0.1 nm from O of residue 6 (what a φ7 near 0 does): five bonds apart
+    bb[0, 6, 3] = bb[0, 5, 3] + torch.tensor([0.1, 0.0, 0.0])
+    mask, brk = flags(bb)
+    base = float(backbone_violation(bb, mask, brk))
+    with_neighbours = float(backbone_violation(bb, mask, brk, neighbours=True))
+    assert base < 1e-5  # residues 6 and 7 are neighbours: the distant-pair check does not see them
+    assert with_neighbours > (HEAVY_MIN_NM - 0.1) ** 2 / 10
+    brk[0, 6] = True
+    assert float(backbone_violation(bb, mask, brk, neighbours=True)) < 1e-5
+
+
 def test_the_training_loss_adds_the_weighted_violation(atlas):
     windows = TrajectoryWindows([atlas], window=preset("tiny").window, seed=2)
     batch = collate_windows([windows[0], windows[1]])
@@ -114,6 +127,9 @@ def test_the_training_loss_adds_the_weighted_violation(atlas):
     on_loss, on = diffusion_loss(net, FrameDiffusion(net.config), batch, torch.Generator().manual_seed(4))
     assert on["violation"] > 0
     assert float(on_loss.detach()) == pytest.approx(float(off_loss.detach()) + 50.0 * on["violation"], rel=1e-5)
+    net.config = net.config.replace(violation_neighbours=True)
+    _, wider = diffusion_loss(net, FrameDiffusion(net.config), batch, torch.Generator().manual_seed(4))
+    assert wider["violation"] > on["violation"]  # the same draws: the neighbouring pairs only add
 
 
 def test_cli_sets_the_weight_in_the_saved_config_and_rejects_a_negative_one(atlas, tmp_path, capsys):
@@ -124,4 +140,9 @@ def test_cli_sets_the_weight_in_the_saved_config_and_rejects_a_negative_one(atla
     assert not (tmp_path / "bad").exists()
     assert main([*base, "-o", str(tmp_path / "m"), "--violation-weight", "5"]) == 0
     saved = json.loads((tmp_path / "m" / "model.json").read_text())["config"]
-    assert saved["violation_loss_weight"] == 5.0
+    assert saved["violation_loss_weight"] == 5.0 and "violation_neighbours" not in saved  # default: left out
+    assert main([*base, "-o", str(tmp_path / "off"), "--violation-neighbours"]) == 2
+    assert "give --violation-weight W as well" in capsys.readouterr().err
+    assert not (tmp_path / "off").exists()
+    assert main([*base, "-o", str(tmp_path / "n"), "--violation-weight", "5", "--violation-neighbours"]) == 0
+    assert json.loads((tmp_path / "n" / "model.json").read_text())["config"]["violation_neighbours"] is True

@@ -64,6 +64,8 @@ class ModelConfig:
     # stretched CA–CA links and backbone/CB overlaps of the predicted structure (train/violations.py), in Å²,
     # at the backbone loss's small τ; 0 leaves it out
     violation_loss_weight: float = 0.0
+    # the penalty also scores consecutive residues' backbone pairs four or more bonds apart (φ near 0)
+    violation_neighbours: bool = False
     # history (context) noise: τ_ctx ~ U[0, ctx_tau_max], left clean with probability ctx_clean_prob
     ctx_tau_max: float = 0.1
     ctx_clean_prob: float = 0.75
@@ -211,7 +213,7 @@ def check_temperature(config: ModelConfig, temperature_k: float, slack_k: float 
 
 _ADDED_FIELDS = ("temperature_condition", "temperature_range_k", "chi_bins", "chi_loss_weight", "chi_draws",
                  "max_step_ps", "deterministic_steps", "intermediate_sampler_steps", "violation_loss_weight",
-                 "chi_fallback_draws", "chi_fallback_temperature")
+                 "chi_fallback_draws", "chi_fallback_temperature", "violation_neighbours")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 PRESETS: dict[str, ModelConfig] = {

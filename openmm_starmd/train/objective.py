@@ -110,7 +110,8 @@ def diffusion_loss(
         structure_break = res.chain_break[:, None].expand(B, K - 1, N).reshape(-1, N)
         has_cb = (res.residue_type != _GLYCINE) & (res.residue_type < len(RESIDUE_NAMES))
         has_cb = has_cb[:, None].expand(B, K - 1, N).reshape(-1, N)
-        violation = backbone_violation(bb_pred, structure_mask, structure_break, has_cb).reshape(B, K - 1)
+        violation = backbone_violation(bb_pred, structure_mask, structure_break, has_cb,
+                                       neighbours=cfg.violation_neighbours).reshape(B, K - 1)
         violation = violation * scale**2
         violation = (violation * small_frame).sum() / small_frame.sum().clamp_min(1.0)
         loss = loss + cfg.violation_loss_weight * violation

@@ -180,7 +180,7 @@ def train_from_folders(
     device: str | None = None, resume: bool = False, overwrite: bool = False, progress: bool = True,
     workers: int = 0, init: str | Path | None = None, val_systems: Sequence[str] = (),
     val_system_fraction: float = 0.0, temperature_condition: bool = False, chi_head: bool = False,
-    violation_weight: float | None = None,
+    violation_weight: float | None = None, violation_neighbours: bool = False,
 ) -> dict[str, Any] | None:
     """Train a model on trajectories; returns the summary on rank 0 (None on other DDP ranks).
 
@@ -197,7 +197,7 @@ def train_from_folders(
     ``chi_head`` adds the side-chain torsion head (:mod:`openmm_starmd.model.chi`), also to an ``init`` model
     without one (the head starts uniform, the rest as saved). ``violation_weight`` sets the weight of the
     structural-violation penalty (:mod:`openmm_starmd.train.violations`; None keeps the preset's or the
-    ``init`` model's).
+    ``init`` model's); ``violation_neighbours`` adds neighbouring residues' backbone pairs to it.
     """
     if steps < 1 or batch_size < 1:
         raise StarMDError("--steps and --batch-size must be at least 1")
@@ -215,6 +215,11 @@ def train_from_folders(
         config = config.replace(chi_head=True)
     if violation_weight is not None:
         config = config.replace(violation_loss_weight=float(violation_weight))
+    if violation_neighbours:
+        if config.violation_loss_weight <= 0:
+            raise StarMDError("--violation-neighbours extends the violation penalty, which is off: give "
+                              "--violation-weight W as well")
+        config = config.replace(violation_neighbours=True)
     train_data, val_data, unseen_data, record["held_out_systems"] = build_datasets(
         data, config.window, val_fraction, val_systems, val_system_fraction, seed)
     config = fit_temperature(config, data_temperatures(train_data), temperature_condition, init is not None)

@@ -22,6 +22,17 @@ LINK_MAX_NM = CA_BOND_BREAK_NM - 0.02
 CA_MIN_NM = CA_CLASH_NM + 0.04
 HEAVY_MIN_NM = HEAVY_CLASH_NM + 0.03
 CB_MIN_NM = 0.32
+# Neighbouring residues: the atom pairs (residue i's, residue i+1's) of the order N, CA, C, O, CB that are
+# four or more bonds apart, the pairs starting at which validity counts an overlap. Their distances follow the
+# φ/ψ between them: O(i)···C(i+1) and O(i)···O(i+1) close in at φ(i+1) near 0, which MD never visits (its
+# closest such pair over the 24 systems of ../shared/data/md: 0.277 nm); they take HEAVY_MIN_NM.
+_NEIGHBOUR_FAR = (
+    (False, True, True, True, True),  # N(i): CA, C, O, CB of i+1 (N–N is three bonds)
+    (False, False, True, True, True),  # CA(i): C, O, CB
+    (False, False, False, True, False),  # C(i): O only (N, CA, C, CB within three bonds)
+    (False, False, True, True, True),  # O(i): C, O, CB
+    (False, True, True, True, True),  # CB(i): CA, C, O, CB
+)
 # CB from N, CA, C: CA + a (CA−N)×(C−CA) + b (CA−N) + c (C−CA) with the bond vectors in Å, ideal
 # tetrahedral geometry (trRosetta's coefficients)
 _CB_CROSS, _CB_N, _CB_C = -0.58273431, 0.56802827, -0.54067466
@@ -36,7 +47,7 @@ def ideal_cb(backbone: torch.Tensor) -> torch.Tensor:
 
 def backbone_violation(
     backbone: torch.Tensor, residue_mask: torch.Tensor, chain_break: torch.Tensor,
-    has_cb: torch.Tensor | None = None,
+    has_cb: torch.Tensor | None = None, neighbours: bool = False,
 ) -> torch.Tensor:
     """Per-structure violation of backbones ``[B, N, 4, 3]`` nm (N, CA, C, O).
 
@@ -51,14 +62,18 @@ def backbone_violation(
     has_cb
         Optional BoolTensor ``[B, N]``: residues with a CB (all but glycine); their ideal CB joins the
         overlap check with floor :data:`CB_MIN_NM`. None: backbone atoms only.
+    neighbours
+        Also score the pairs of consecutive residues four or more bonds apart (the O(i)···C(i+1) and
+        O(i)···O(i+1) of a φ(i+1) near 0, among others) under :data:`HEAVY_MIN_NM`, except across a chain
+        break.
 
     Returns
     -------
     Tensor
         ``[B]`` nm²: squared excess of every consecutive CA–CA distance over :data:`LINK_MAX_NM`, plus the
         squared shortfall of every pair of backbone atoms in residues at least two apart under
-        :data:`HEAVY_MIN_NM` (CA–CA pairs: :data:`CA_MIN_NM`; pairs with a CB: :data:`CB_MIN_NM`), summed and
-        divided by the residue count.
+        :data:`HEAVY_MIN_NM` (CA–CA pairs: :data:`CA_MIN_NM`; pairs with a CB: :data:`CB_MIN_NM`) and, with
+        ``neighbours``, of the neighbouring pairs, summed and divided by the residue count.
     """
     B, N = backbone.shape[:2]
     mask = residue_mask.to(backbone.dtype)
@@ -82,6 +97,15 @@ def backbone_violation(
     floor = torch.where(is_cb[:, None] | is_cb[None, :], CB_MIN_NM, floor)
     floor = torch.where(is_ca[:, None] & is_ca[None, :], CA_MIN_NM, floor)
     pair_mask = far[None] * atom_mask[:, :, None] * atom_mask[:, None, :]
+    if neighbours:
+        table = torch.tensor(_NEIGHBOUR_FAR, device=backbone.device)[:A, :A]
+        after = (residue[None, :] - residue[:, None]) == 1  # [AN, AN]: the column atom's residue is the next
+        near = after & table[kind[:, None], kind[None, :]]
+        linked_atom = (~chain_break)[:, residue]  # [B, AN]: the atom's residue continues the chain
+        near = near[None] & linked_atom[:, None, :]
+        near = near | near.transpose(1, 2)  # [B, AN, AN]
+        floor = torch.where(near, HEAVY_MIN_NM, floor)
+        pair_mask = (far[None] | near) * atom_mask[:, :, None] * atom_mask[:, None, :]
     # each unordered pair appears twice in the symmetric matrix: halve it
     overlap = 0.5 * (torch.relu(floor - dist) ** 2 * pair_mask).sum((-1, -2))
     return (stretch + overlap) / mask.sum(-1).clamp_min(1.0)
