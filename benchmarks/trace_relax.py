@@ -57,8 +57,8 @@ def closest(x: np.ndarray) -> tuple[float, int, int, int]:
 class Traced(StarMDSimulation):
     """StarMDSimulation whose relaxation records every stage."""
 
-    def _relax(self, target):
-        seed = int(torch.randint(1, 2**31 - 1, (1,), generator=self.generator))
+    def _relax(self, target, box=None, stats=None):  # implicit solvent only: no box, no retry
+        seed = int(torch.randint(1, 2**31 - 1, (1,), generator=self.generator, device=self.generator.device))
         s, ctx = self.relax_settings, self.context
         integ = ctx.getIntegrator()
         rec = {"t_ps": self._cycle_start_ps}

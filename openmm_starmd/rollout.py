@@ -78,8 +78,9 @@ class Rollout:
     temperature_k
         Temperature (K) of the dynamics to sample, for a temperature-conditioned model (None: 300 K).
     max_step_ps
-        Longest Δt (ps) of one model step; a longer Δt is drawn as equal steps (default: the config's;
-        0: always one step).
+        Longest Δt (ps) of one model step; a longer Δt is drawn as equal steps (default: the config's,
+        which applies only to chains of at most ``max_step_residues`` residues when that is set; 0: always
+        one step).
     traced
         Once the history fills the window, run each network evaluation as a frozen TorchScript trace (one per
         number of replicas drawn together, ~0.4 s to build on a CPU): the same draws in about half the time per
@@ -109,6 +110,9 @@ class Rollout:
         # an override goes through the config's own validation
         steps_from = self.config if max_step_ps is None else self.config.replace(max_step_ps=float(max_step_ps))
         self.max_step_ps = steps_from.max_step_ps
+        longest = self.config.max_step_residues
+        if max_step_ps is None and longest and int(self.residues.residue_mask.sum()) > longest:
+            self.max_step_ps = 0.0
         self.diffusion = FrameDiffusion(self.config)
         self._batched: dict[int, Residues] = {}
         # (replicas drawn together, their Δt, temperature) -> τ -> noise scales and adaLN modulations: the sampler

@@ -55,11 +55,11 @@ def test_default_model_loads_offline_with_recorded_config(offline):
     recorded = json.loads((folder / "model.json").read_text())
     model, _ = openmm_starmd.load_model()  # the package root's loader; "default" is its default
     assert model.config.to_dict() == recorded["config"]
-    # The `small` preset (the CPU default) with the side-chain χ head, drawing a jump in steps of ≤ 250 ps,
-    # fine-tuned with the structural-violation penalty at weight 30 (kept for fine-tunes of it), with 16
-    # fallback χ draws at the default temperature after its 8.
-    assert model.config == preset("small", chi_head=True, max_step_ps=250.0, violation_loss_weight=30.0,
-                                  chi_fallback_draws=16)
+    # The `small` preset (the CPU default) with the side-chain χ head, drawing a jump in steps of ≤ 250 ps
+    # for chains of up to 10 residues, fine-tuned with the structural-violation penalty at weight 30 (kept for
+    # fine-tunes of it), with 16 fallback χ draws at the default temperature after its 8.
+    assert model.config == preset("small", chi_head=True, max_step_ps=250.0, max_step_residues=10,
+                                  violation_loss_weight=30.0, chi_fallback_draws=16)
     n_params = sum(p.numel() for p in model.parameters())
     assert n_params == recorded["metadata"]["parameters"]
     # The loaded network carries exactly the shipped tensors.

@@ -341,6 +341,23 @@ def test_long_jump_in_model_steps_equals_stepping_by_hand_and_a_rejected_draw_le
         Rollout(net, feats, max_step_ps=-1.0)
 
 
+def test_a_chain_longer_than_max_step_residues_takes_each_jump_in_one_step(cln025):
+    rot, trans, feats = cln025  # chignolin: 10 residues
+    one_step = randomised(max_step_ps=0.0)
+    expected = _pushed(one_step, feats, rot[:3], trans[:3], num_steps=2).sample(1000.0,
+                                                                               torch.Generator().manual_seed(5))
+    for longest, steps in ((9, 1), (10, 4), (0, 4)):
+        net = randomised(max_step_ps=250.0, max_step_residues=longest)
+        ro = _pushed(net, feats, rot[:3], trans[:3], num_steps=2)
+        assert ro.max_step_ps == (0.0 if steps == 1 else 250.0) and ro._steps(1000.0) == steps
+        draw = ro.sample(1000.0, torch.Generator().manual_seed(5))
+        assert torch.equal(draw[1], expected[1]) == (steps == 1)  # the same draw as a one-step model's
+    # an explicit model step is the caller's choice, whatever the chain's length
+    assert Rollout(randomised(max_step_ps=250.0, max_step_residues=9), feats, max_step_ps=250.0)._steps(1000.0) == 4
+    with pytest.raises(StarMDError, match="max_step_residues"):
+        randomised(max_step_residues=-1)
+
+
 @pytest.mark.parametrize("ode", [None, "last", "intermediate"])
 def test_replicas_take_their_own_number_of_model_steps(cln025, ode):
     rot, trans, feats = cln025

@@ -2,10 +2,12 @@
 
 import io
 import struct
+from dataclasses import replace
 from pathlib import Path
 
 import mdtraj as md
 import numpy as np
+import openmm
 import openmm.app as app
 import openmm.unit as u
 import pytest
@@ -153,6 +155,44 @@ def test_nan_and_wild_proposals_are_resampled(chignolin, monkeypatch):
         assert sim.last_cycle.proposals == 2 and sim.last_cycle.raw_valid == 1
     assert seen and all(seen)  # OpenMM never saw a non-finite position
     assert len(seen) == 4  # and never relaxed a rejected proposal
+
+
+def test_a_relaxation_openmm_fails_is_run_again_with_the_longer_minimisation(chignolin, monkeypatch):
+    original = hybrid.relax
+    calls, failing = [], []
+
+    def flaky_relax(context, restraints, settings, positions, seed):
+        calls.append((settings.minimize_iterations, seed))
+        if len(calls) in failing:
+            raise openmm.OpenMMException("Particle coordinate is NaN")  # what a blown-up MD segment raises
+        return original(context, restraints, settings, positions, seed)
+
+    monkeypatch.setattr(hybrid, "relax", flaky_relax)
+    failing[:] = [1]
+    sim = make(chignolin)
+    sim.step(1)
+    assert [it for it, _ in calls] == [QUICK.minimize_iterations, QUICK.retry_minimize_iterations]
+    assert calls[0][1] == calls[1][1]  # the same target and velocity seed, longer minimisation
+    assert sum(sim.rejections.values()) == 0 and sim.totals.relax_retries == 1
+    assert sim.validity()["relax_retries"] == 1 and sim.last_cycle.relax_retries == 1
+    # both attempts fail: the proposal is rejected and the next one relaxed as usual
+    calls.clear()
+    failing[:] = [1, 2]
+    sim = make(chignolin)
+    sim.step(1)
+    assert [it for it, _ in calls] == [5, 500, 5]
+    assert sim.rejections["openmm_error"] == 1 and sim.totals.relax_retries == 1
+    # without the retry the first failure rejects the proposal
+    calls.clear()
+    failing[:] = [1]
+    topology, system, positions = chignolin
+    sim = StarMDSimulation(topology, system, PerturbationProposer(**GENTLE), jump=JUMP_PS * u.picosecond,
+                           relax=replace(QUICK, retry_minimize_iterations=0), platform="Reference", seed=7)
+    sim.context.setPositions(positions)
+    sim.step(1)
+    assert [it for it, _ in calls] == [5, 5]
+    assert sim.rejections["openmm_error"] == 1 and sim.totals.relax_retries == 0
+    assert_valid(sim, topology)
 
 
 def test_failed_jumps_are_retried_at_half_the_time_step(chignolin):

@@ -108,6 +108,10 @@ def test_settings_round_trip_and_validation():
     old = {k: v for k, v in RelaxSettings().describe().items()
            if k not in ("clash_iterations", "clash_force", "clash_step_nm", "velocities", "friction_per_ps")}
     assert RelaxSettings(**old) == RelaxSettings()
-    for bad in ({"velocities": "hot"}, {"friction_per_ps": 0.0}, {"clash_iterations": -1}, {"clash_force": 0.0}):
+    retry = RelaxSettings(minimize_iterations=50, retry_minimize_iterations=400).retry()
+    assert retry == RelaxSettings(minimize_iterations=400, retry_minimize_iterations=0)
+    assert retry.retry() is None and RelaxSettings(retry_minimize_iterations=0).retry() is None  # one retry at most
+    for bad in ({"velocities": "hot"}, {"friction_per_ps": 0.0}, {"clash_iterations": -1}, {"clash_force": 0.0},
+                {"retry_minimize_iterations": -1}):
         with pytest.raises(StarMDError):
             RelaxSettings(**bad)

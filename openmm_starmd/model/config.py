@@ -89,6 +89,9 @@ class ModelConfig:
     # longest Δt (ps) of one model step at inference; a longer jump is drawn as equal steps whose frames
     # join the history (Rollout); 0: every jump in one step
     max_step_ps: float = 0.0
+    # model steps only for chains of at most this many residues (0: any length); a longer chain takes each
+    # jump in one step: frames drawn from the model's own unrelaxed frames drift further on a larger protein
+    max_step_residues: int = 0
     deterministic_sampler: bool = False  # probability-flow ODE instead of the reverse SDE
     # which model steps of a jump drawn in several (max_step_ps) take the ODE when deterministic_sampler is
     # set: "all", "last" (the frame the caller gets) or "intermediate" (the frames only the history sees)
@@ -125,6 +128,8 @@ class ModelConfig:
                               f"{self.chi_fallback_temperature}")
         if not (self.max_step_ps >= 0 and math.isfinite(self.max_step_ps)):
             raise StarMDError(f"max_step_ps must be 0 (one step per jump) or a positive ps, got {self.max_step_ps}")
+        if self.max_step_residues < 0:
+            raise StarMDError(f"max_step_residues must be 0 (any length) or more, got {self.max_step_residues}")
         if self.intermediate_sampler_steps < 0:
             raise StarMDError(f"intermediate_sampler_steps must be 0 (as num_sampler_steps) or more, got "
                               f"{self.intermediate_sampler_steps}")
@@ -213,7 +218,8 @@ def check_temperature(config: ModelConfig, temperature_k: float, slack_k: float 
 
 _ADDED_FIELDS = ("temperature_condition", "temperature_range_k", "chi_bins", "chi_loss_weight", "chi_draws",
                  "max_step_ps", "deterministic_steps", "intermediate_sampler_steps", "violation_loss_weight",
-                 "chi_fallback_draws", "chi_fallback_temperature", "violation_neighbours")
+                 "chi_fallback_draws", "chi_fallback_temperature", "violation_neighbours",
+                 "max_step_residues")
 _DEFAULTS = {f.name: f.default for f in dataclasses.fields(ModelConfig)}
 
 PRESETS: dict[str, ModelConfig] = {

@@ -315,7 +315,7 @@ class StarMDSimulation(app.Simulation):
                 target, merged = self.solvent.merge(positions, target, box, settings.solvent_overlap_nm,
                                                     settings.solvent_relocate)
                 self.solvent_stats.add(merged)
-                relaxed, energy, reason = self._relax(target, box)
+                relaxed, energy, reason = self._relax(target, box, stats)
                 stats.openmm_s += time.perf_counter() - start
             if reason is None:
                 relaxed_protein = self.solvent.protein(relaxed)
@@ -338,17 +338,24 @@ class StarMDSimulation(app.Simulation):
         half = yield from self._advance(positions, dt_ps / 2, depth + 1, stats)
         return (yield from self._advance(half, dt_ps / 2, depth + 1, stats))
 
-    def _relax(self, target: np.ndarray, box: np.ndarray | None = None) -> tuple[np.ndarray, float, str | None]:
+    def _relax(
+        self, target: np.ndarray, box: np.ndarray | None, stats: CycleStats
+    ) -> tuple[np.ndarray, float, str | None]:
         seed = int(torch.randint(1, 2**31 - 1, (1,), generator=self.generator, device=self.generator.device))
-        try:
-            if box is not None:
-                self.context.setPeriodicBoxVectors(*box)
-            # Solvated: the MD segment's friction becomes RelaxSettings.solvent_friction_per_ps (Langevin only).
-            solvated = self.solvent.solvated and hasattr(self.md_integrator, "setFriction")
-            relax(self.context, self.restraints, self.relax_settings.for_system(solvated), target, seed)
-            state = self.context.getState(positions=True, energy=True, groups=self._physical_groups)
-        except openmm.OpenMMException:
-            return target, float("nan"), OPENMM_ERROR
+        # Solvated: the MD segment's friction becomes RelaxSettings.solvent_friction_per_ps (Langevin only).
+        settings = self.relax_settings.for_system(self.solvent.solvated and hasattr(self.md_integrator, "setFriction"))
+        while True:
+            try:
+                if box is not None:
+                    self.context.setPeriodicBoxVectors(*box)
+                relax(self.context, self.restraints, settings, target, seed)
+                state = self.context.getState(positions=True, energy=True, groups=self._physical_groups)
+                break
+            except openmm.OpenMMException:
+                settings = settings.retry()
+                if settings is None:
+                    return target, float("nan"), OPENMM_ERROR
+                stats.relax_retries += 1
         energy = state.getPotentialEnergy().value_in_unit(u.kilojoule_per_mole)
         return state.getPositions(asNumpy=True).value_in_unit(u.nanometer), energy, None
 

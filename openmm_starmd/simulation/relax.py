@@ -71,6 +71,10 @@ class RelaxSettings:
         Solvated systems: the friction of the MD segment when ``friction_per_ps`` is None, 1/ps (None: the
         integrator's). The minimisation takes the water's thermal potential energy away; the bath must
         give it back within the segment (:meth:`for_system`).
+    retry_minimize_iterations
+        When OpenMM fails during a relaxation (the MD segment blew up from forces the short minimisation
+        left), relax the same target once more with this many L-BFGS iterations (:meth:`retry`) before the
+        proposal is rejected; 0: no second attempt.
     """
 
     time_ps: float = 3.0
@@ -88,6 +92,7 @@ class RelaxSettings:
     solvent_overlap_nm: float = 0.22
     solvent_relocate: bool = True
     solvent_friction_per_ps: float | None = 10.0
+    retry_minimize_iterations: int = 500
 
     def __post_init__(self) -> None:
         if not self.time_ps >= 0.0:
@@ -98,6 +103,8 @@ class RelaxSettings:
             raise StarMDError(f"ramp_stages must be at least 1, got {self.ramp_stages}")
         if self.minimize_iterations < 0:
             raise StarMDError(f"minimize_iterations must be >= 0, got {self.minimize_iterations}")
+        if self.retry_minimize_iterations < 0:
+            raise StarMDError(f"retry_minimize_iterations must be >= 0, got {self.retry_minimize_iterations}")
         if self.clash_iterations < 0:
             raise StarMDError(f"clash_iterations must be >= 0, got {self.clash_iterations}")
         if not (self.clash_force > 0.0 and self.clash_step_nm > 0.0):
@@ -121,6 +128,12 @@ class RelaxSettings:
         if solvated and self.friction_per_ps is None and self.solvent_friction_per_ps is not None:
             return replace(self, friction_per_ps=self.solvent_friction_per_ps)
         return self
+
+    def retry(self) -> RelaxSettings | None:
+        """The settings of the second attempt at a relaxation OpenMM failed (None: no second attempt)."""
+        if self.retry_minimize_iterations == 0:
+            return None
+        return replace(self, minimize_iterations=self.retry_minimize_iterations, retry_minimize_iterations=0)
 
     def stage_strengths(self) -> list[float]:
         """Restraint constant of each stage, kJ/mol/nm²."""

@@ -108,6 +108,9 @@ def _model_setting(model: str) -> str:
 
 def _model_max_step_ps(proposer: Any) -> float | None:
     """Longest model step (ps) a STAR-MD proposer's jump is drawn in (0: one step a jump); None for others."""
+    rollout = getattr(proposer, "rollout", None) or getattr(getattr(proposer, "batch", None), "rollout", None)
+    if rollout is not None:  # what the rollout resolved (the chain-length limit included)
+        return float(rollout.max_step_ps)
     if getattr(proposer, "max_step_ps", None) is not None:
         return float(proposer.max_step_ps)
     model = getattr(proposer, "model", None)
@@ -215,7 +218,9 @@ def run_simulation(
         settings = json.loads((out / "run.json").read_text(encoding="utf-8"))["settings"]
         jump_ps, model, seed = settings["jump_ps"], settings["model"], settings["seed"]
         platform, forcefield = settings["platform"], settings["forcefield"]["name"]
-        temperature_k, relax = settings["temperature_k"], RelaxSettings(**settings["relax"])
+        temperature_k, relax = settings["temperature_k"], RelaxSettings(
+            # a run started before the retry existed resumes without it, as it began
+            **{"retry_minimize_iterations": 0, **settings["relax"]})
         input_path, replicas = settings["input"], int(settings.get("replicas", 1))
         protein_only = bool(settings.get("protein_only", False))
         pdb_text = (out / "topology.pdb").read_text(encoding="utf-8")

@@ -36,6 +36,9 @@ class CycleStats:
     raw_failures
         The others by cause (keys :data:`RAW_FAILURES`): frames not mappable to atoms (non-finite, not
         rotations), else the first failed check (a CA–CA break, then a CA clash, then a heavy-atom clash).
+    relax_retries
+        Relaxations OpenMM failed that were run again from the same target with the longer minimisation
+        (:meth:`~openmm_starmd.simulation.relax.RelaxSettings.retry`), whether or not that attempt succeeded.
     cycles
         Completed cycles (1 for a completed cycle's stats).
     model_s, openmm_s, wall_s
@@ -47,6 +50,7 @@ class CycleStats:
     proposals: int = 0
     raw_valid: int = 0
     raw_failures: dict[str, int] = field(default_factory=lambda: dict.fromkeys(RAW_FAILURES, 0))
+    relax_retries: int = 0
     cycles: int = 0
     model_s: float = 0.0
     openmm_s: float = 0.0
@@ -62,7 +66,7 @@ class CycleStats:
             mine = getattr(self, name)
             for key, value in getattr(other, name).items():
                 mine[key] = mine.get(key, 0) + value
-        for name in ("halvings", "proposals", "raw_valid", "cycles", "model_s", "openmm_s", "wall_s"):
+        for name in ("halvings", "proposals", "raw_valid", "relax_retries", "cycles", "model_s", "openmm_s", "wall_s"):
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def to_dict(self) -> dict[str, Any]:
@@ -76,7 +80,7 @@ class CycleStats:
         stats = cls()
         for name in _BY_REASON:
             getattr(stats, name).update(data.get(name, {}))
-        for name in ("halvings", "proposals", "raw_valid", "cycles"):
+        for name in ("halvings", "proposals", "raw_valid", "relax_retries", "cycles"):
             setattr(stats, name, int(data.get(name, 0)))
         for name in ("model_s", "openmm_s", "wall_s"):
             setattr(stats, name, float(data.get(name, 0.0)))
@@ -90,7 +94,8 @@ class CycleStats:
                 "raw_valid_fraction": self.raw_valid / n if self.proposals else float("nan"),
                 "raw_failures": dict(self.raw_failures),
                 "rejections": self.num_rejections,
-                "rejection_rate": self.num_rejections / n if self.proposals else float("nan")}
+                "rejection_rate": self.num_rejections / n if self.proposals else float("nan"),
+                "relax_retries": self.relax_retries}
 
     def speed(self, jump_ps: float) -> dict[str, float]:
         """Cycles, simulated ns/day at ``jump_ps`` per cycle, and the model's and OpenMM's share of the wall time."""
