@@ -118,6 +118,7 @@ def run_one(name: str, protocol: str, time_ps: float, jump_ps: float, md_ps: flo
     return {
         "system": name, "protocol": protocol, "model": model, "relax": relax.describe(), "status": status,
         "validity": record.get("validity"), "side_chains": record.get("side_chains"),
+        "model_max_step_ps": record["settings"].get("model_max_step_ps"),
         "time_ps": time_ps, "jump_ps": jump_ps, "seed": seed, "jumps_done": done, "halvings": record.get("halvings", 0),
         "rejections": rejections, "proposals": proposals,
         "rejected_fraction": sum(rejections.values()) / max(proposals, 1), "wall_s": wall,
@@ -144,18 +145,24 @@ def collect(parts: Path, out: Path) -> None:
              "the row ran (each row's `relax` in the JSON; 2 ps MD for the rows so far, 3 ps since 2026-12-01); "
              "`strict` = the default with clash relief down to 5e3 kJ/mol/nm and 100 "
              "minimiser iterations. One seed (1) per row. Villin before the fix: a traced run of the old protocol "
-             "(20 ns, seed 1) had 33 of 57 proposals rejected (32 OpenMM errors); see the README notes.", "",
-             "| system | model | protocol | frames | proposals | rejected | by reason | raw valid | max CA RMSD "
-             "hybrid (nm) | plain MD: length, max CA RMSD | hybrid ns/day | plain ns/day | speed ratio "
-             "| goals (≤5 %, ≤0.3 nm) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "(20 ns, seed 1) had 33 of 57 proposals rejected (32 OpenMM errors); see the README notes. "
+             "`model step`: the longest model step a jump was drawn in (run.json's `model_max_step_ps`; – where "
+             "not recorded); `relax retries`: relaxations OpenMM failed that ran again with the longer minimisation "
+             "(`RelaxSettings.retry_minimize_iterations`, since 2026-12-02; – before).", "",
+             "| system | model | protocol | model step | frames | proposals | rejected | by reason | relax retries "
+             "| raw valid | max CA RMSD hybrid (nm) | plain MD: length, max CA RMSD | hybrid ns/day | plain ns/day "
+             "| speed ratio | goals (≤5 %, ≤0.3 nm) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         reasons = ", ".join(f"{k} {v}" for k, v in e["rejections"].items() if v) or "–"
         goals = "met" if all(e["goals"].values()) else ", ".join(k for k, v in e["goals"].items() if not v) + " missed"
         raw = (e.get("validity") or {}).get("raw_valid_fraction")
         raw = "–" if raw is None else f"{raw:.0%}"
-        lines.append(f"| {e['system']} | {e.get('model', 'default')} | {e['protocol']} | {e['jumps_done']} | "
-                     f"{e['proposals']} | {e['rejected_fraction']:.1%} | {reasons} | {raw} | "
+        step = e.get("model_max_step_ps")
+        step = "–" if step is None else ("whole jump" if step == 0 else f"{step:g} ps")
+        retries = (e.get("validity") or {}).get("relax_retries", "–")
+        lines.append(f"| {e['system']} | {e.get('model', 'default')} | {e['protocol']} | {step} | {e['jumps_done']} | "
+                     f"{e['proposals']} | {e['rejected_fraction']:.1%} | {reasons} | {retries} | {raw} | "
                      f"{e['max_ca_rmsd_nm']:.3f} | "
                      f"{e['plain_md']['length_ps']:.0f} ps, {e['plain_md']['max_ca_rmsd_nm']:.3f} | "
                      f"{e['hybrid_ns_per_day']:,.0f} | {e['plain_md']['ns_per_day']:.0f} | "

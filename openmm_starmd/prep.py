@@ -13,9 +13,13 @@ from __future__ import annotations
 
 import io
 import os
+import random
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import openmm
 import openmm.app as app
 import openmm.unit as u
 from pdbfixer import PDBFixer
@@ -23,6 +27,7 @@ from pdbfixer.pdbfixer import proteinResidues, substitutions
 
 from openmm_starmd.atomic import atomic_write
 from openmm_starmd.errors import StarMDError
+from openmm_starmd.forcefields import openmm_seed
 
 # One-letter codes of the 20 standard amino acids, for --sequence.
 ONE_TO_THREE = {
@@ -161,6 +166,25 @@ def _replace_nonstandard(fixer: _OfflineFixer) -> list[str]:
     return [f"replaced non-standard residue {k} by {v}" for k, v in sorted(replaced.items())]
 
 
+@contextmanager
+def _reproducible(fixer: _OfflineFixer) -> Iterator[None]:
+    """PDBFixer's and Modeller's placements of new atoms, the same on every run. Modeller.addHydrogens starts
+    some hydrogens at offsets drawn from Python's global ``random``, and both minimise on OpenMM's CPU platform,
+    whose summation order changes with its thread count: seed the first and run one thread, then give the caller
+    back its random state and thread default."""
+    cpu = openmm.Platform.getPlatformByName("CPU")
+    threads = cpu.getPropertyDefaultValue("Threads")
+    caller_state = random.getstate()
+    cpu.setPropertyDefaultValue("Threads", "1")
+    random.seed(0)
+    fixer.platform = cpu
+    try:
+        yield
+    finally:
+        cpu.setPropertyDefaultValue("Threads", threads)
+        random.setstate(caller_state)
+
+
 def _fill_missing(fixer: _OfflineFixer, add_terminal_residues: bool, ph: float) -> list[str]:
     """Build missing internal residues, missing heavy atoms and hydrogens."""
     report = []
@@ -177,14 +201,16 @@ def _fill_missing(fixer: _OfflineFixer, add_terminal_residues: bool, ph: float) 
         report.append(f"built {n_built} missing residue(s)")
     fixer.findMissingAtoms()
     n_atoms = sum(len(v) for v in fixer.missingAtoms.values())
-    fixer.addMissingAtoms(seed=0)
-    if n_atoms:
-        report.append(f"added {n_atoms} missing heavy atom(s)")
-    try:
-        fixer.addMissingHydrogens(pH=ph)
-    except ValueError as exc:
-        first = str(exc).strip().splitlines()[0]
-        raise StarMDError(f"cannot add hydrogens ({first}): fix or remove that residue in the input") from None
+    with _reproducible(fixer):
+        # PDBFixer hands this seed to OpenMM, which reads 0 as "pick one at random"
+        fixer.addMissingAtoms(seed=openmm_seed(0))
+        if n_atoms:
+            report.append(f"added {n_atoms} missing heavy atom(s)")
+        try:
+            fixer.addMissingHydrogens(pH=ph)
+        except ValueError as exc:
+            first = str(exc).strip().splitlines()[0]
+            raise StarMDError(f"cannot add hydrogens ({first}): fix or remove that residue in the input") from None
     return report
 
 
