@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import openmm
 import openmm.app as app
@@ -33,6 +33,9 @@ from openmm_starmd.simulation.proposer import Proposer, StarMDProposerFactory, _
 from openmm_starmd.simulation.relax import RelaxSettings
 from openmm_starmd.simulation.solvent import SolventLayout
 from openmm_starmd.simulation.stats import CycleStats
+
+if TYPE_CHECKING:
+    from openmm_starmd.rollout import Rollout
 
 
 class BatchedStarMD:
@@ -95,6 +98,11 @@ class ReplicaProposer(Proposer):
     @property
     def model(self) -> torch.nn.Module:
         return self.batch.model
+
+    @property
+    def rollout(self) -> Rollout:
+        """The replicas' shared :class:`~openmm_starmd.rollout.Rollout`."""
+        return self.batch.rollout
 
     @property
     def draws_chi(self) -> bool:

@@ -107,14 +107,10 @@ def _model_setting(model: str) -> str:
 
 
 def _model_max_step_ps(proposer: Any) -> float | None:
-    """Longest model step (ps) a STAR-MD proposer's jump is drawn in (0: one step a jump); None for others."""
-    rollout = getattr(proposer, "rollout", None) or getattr(getattr(proposer, "batch", None), "rollout", None)
-    if rollout is not None:  # what the rollout resolved (the chain-length limit included)
-        return float(rollout.max_step_ps)
-    if getattr(proposer, "max_step_ps", None) is not None:
-        return float(proposer.max_step_ps)
-    model = getattr(proposer, "model", None)
-    return None if model is None else float(model.config.max_step_ps)
+    """Longest model step (ps) a STAR-MD proposer's jump is drawn in (0: one step a jump), as its rollout resolved
+    it (the chain-length limit included); None for proposers without a rollout."""
+    rollout = getattr(proposer, "rollout", None)
+    return None if rollout is None else float(rollout.max_step_ps)
 
 
 def _model_chi_draws(proposer: Any) -> dict[str, float] | None:

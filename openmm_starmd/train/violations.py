@@ -96,7 +96,7 @@ def backbone_violation(
     floor = torch.full((N * A, N * A), HEAVY_MIN_NM, dtype=backbone.dtype, device=backbone.device)
     floor = torch.where(is_cb[:, None] | is_cb[None, :], CB_MIN_NM, floor)
     floor = torch.where(is_ca[:, None] & is_ca[None, :], CA_MIN_NM, floor)
-    pair_mask = far[None] * atom_mask[:, :, None] * atom_mask[:, None, :]
+    pairs = far[None]  # [1 or B, AN, AN]
     if neighbours:
         table = torch.tensor(_NEIGHBOUR_FAR, device=backbone.device)[:A, :A]
         after = (residue[None, :] - residue[:, None]) == 1  # [AN, AN]: the column atom's residue is the next
@@ -105,7 +105,8 @@ def backbone_violation(
         near = near[None] & linked_atom[:, None, :]
         near = near | near.transpose(1, 2)  # [B, AN, AN]
         floor = torch.where(near, HEAVY_MIN_NM, floor)
-        pair_mask = (far[None] | near) * atom_mask[:, :, None] * atom_mask[:, None, :]
+        pairs = pairs | near
+    pair_mask = pairs * atom_mask[:, :, None] * atom_mask[:, None, :]
     # each unordered pair appears twice in the symmetric matrix: halve it
     overlap = 0.5 * (torch.relu(floor - dist) ** 2 * pair_mask).sum((-1, -2))
     return (stretch + overlap) / mask.sum(-1).clamp_min(1.0)
