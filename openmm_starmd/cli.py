@@ -157,6 +157,9 @@ def _add_train(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--violation-neighbours", action="store_true",
                    help="also penalise overlaps of consecutive residues' backbone atoms four or more bonds "
                         "apart (a φ near 0 puts O(i) on C(i+1) and O(i+1))")
+    p.add_argument("--dt-range", nargs=2, metavar=("LOW", "HIGH"),
+                   help="train only on windows whose frames are Δt apart with LOW <= Δt <= HIGH, e.g. 100ps 1us "
+                        "(HIGH is capped by each trajectory's length; default: every Δt the data hold)")
     p.add_argument("--device", help="cpu, cuda, cuda:N or auto (default auto: cuda when available)")
     p.add_argument("--threads", type=int, help="torch CPU threads per process (default: torch's choice)")
     p.add_argument("--workers", type=int, default=0,
@@ -170,7 +173,9 @@ def _run_train(args: argparse.Namespace) -> None:
     import torch
 
     from openmm_starmd.train.run import train_from_folders
+    from openmm_starmd.units import parse_time
 
+    dt_range = None if args.dt_range is None else tuple(parse_time(v, "--dt-range") for v in args.dt_range)
     if args.threads is not None:
         if args.threads < 1:
             raise StarMDError(f"--threads must be at least 1, got {args.threads}")
@@ -182,7 +187,7 @@ def _run_train(args: argparse.Namespace) -> None:
         device=None if args.device in (None, "auto") else args.device, resume=args.resume,
         overwrite=args.overwrite, workers=args.workers, init=args.init,
         temperature_condition=args.temperature_condition, chi_head=args.chi_head,
-        violation_weight=args.violation_weight, violation_neighbours=args.violation_neighbours,
+        violation_weight=args.violation_weight, violation_neighbours=args.violation_neighbours, dt_range_ps=dt_range,
         val_systems=[n.strip() for n in args.val_systems.split(",") if n.strip()],
         val_system_fraction=args.val_system_fraction,
     )

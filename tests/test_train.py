@@ -226,3 +226,18 @@ def test_cli_val_systems_reports_unseen_loss_and_records_the_split(corpus, tmp_p
 OVERFIT_STEPS = 1000
 OVERFIT_LR = 5e-3
 OVERFIT_FACTOR = 10.0
+
+
+def test_dt_range_limits_the_training_windows_only(corpus, tmp_path, capsys):
+    train, val, _, _ = build_datasets([corpus], window=4, val_fraction=0.2, dt_range_ps=(100.0, 200.0))
+    train_dts = {float(train[i]["dt_ps"]) for i in range(40)}
+    assert min(train_dts) >= 100.0 and max(train_dts) <= 200.0 and len(train_dts) > 1
+    assert min(float(val[i]["dt_ps"]) for i in range(len(val))) < 100.0  # validation keeps every Δt
+    base = ["train", str(corpus), "--preset", "tiny", "--steps", "1", "--batch-size", "1", "--threads", "1"]
+    assert main([*base, "-o", str(tmp_path / "bad"), "--dt-range", "1ns", "100ps"]) == 2
+    assert "--dt-range needs 0 < LOW <= HIGH" in capsys.readouterr().err
+    assert main([*base, "-o", str(tmp_path / "bad"), "--dt-range", "100", "1ns"]) == 2
+    assert "cannot read --dt-range" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert main([*base, "-o", str(tmp_path / "m"), "--dt-range", "0.1ns", "1us"]) == 0
+    assert json.loads((tmp_path / "m" / "model.json").read_text())["metadata"]["dt_range_ps"] == [100.0, 1e6]

@@ -155,19 +155,21 @@ def fit_temperature(config: ModelConfig, temperatures: tuple[float, float], cond
 
 def build_datasets(
     data: Sequence[str | Path], window: int, val_fraction: float = 0.1, val_systems: Sequence[str] = (),
-    val_system_fraction: float = 0.0, seed: int = 0,
+    val_system_fraction: float = 0.0, seed: int = 0, dt_range_ps: tuple[float, float] | None = None,
 ) -> tuple[TrajectoryWindows, TrajectoryWindows | None, TrajectoryWindows | None, list[str]]:
     """Training windows, in-time validation windows, unseen-system windows and the held-out names.
 
     Training uses the first ``1 - val_fraction`` of every replica of the systems not held out; the in-time
-    split their last ``val_fraction``; the unseen split all frames of the held-out systems."""
+    split their last ``val_fraction``; the unseen split all frames of the held-out systems. ``dt_range_ps``
+    (low, high) limits the training windows' frame spacing Δt (ps); the validation splits keep every Δt so
+    their losses stay comparable between runs."""
     if not 0.0 <= val_fraction < 0.5:
         raise StarMDError(f"--val-fraction must be in [0, 0.5), got {val_fraction}")
     systems = find_systems(data)
     held = held_out_systems([s.name for s in systems], val_systems, val_system_fraction, seed)
     kept = [s for s in systems if s.name not in held]
     cut = 1.0 - val_fraction
-    train = TrajectoryWindows(kept, window=window, seed=seed, time_range=(0.0, cut))
+    train = TrajectoryWindows(kept, window=window, seed=seed, time_range=(0.0, cut), dt_range_ps=dt_range_ps)
     val = TrajectoryWindows(kept, window=window, seed=seed + 1, time_range=(cut, 1.0)) if val_fraction > 0 else None
     unseen = TrajectoryWindows([s for s in systems if s.name in held], window=window, seed=seed + 2) if held else None
     return train, val, unseen, held
@@ -181,6 +183,7 @@ def train_from_folders(
     workers: int = 0, init: str | Path | None = None, val_systems: Sequence[str] = (),
     val_system_fraction: float = 0.0, temperature_condition: bool = False, chi_head: bool = False,
     violation_weight: float | None = None, violation_neighbours: bool = False,
+    dt_range_ps: tuple[float, float] | None = None,
 ) -> dict[str, Any] | None:
     """Train a model on trajectories; returns the summary on rank 0 (None on other DDP ranks).
 
@@ -198,6 +201,8 @@ def train_from_folders(
     without one (the head starts uniform, the rest as saved). ``violation_weight`` sets the weight of the
     structural-violation penalty (:mod:`openmm_starmd.train.violations`; None keeps the preset's or the
     ``init`` model's); ``violation_neighbours`` adds neighbouring residues' backbone pairs to it.
+    ``dt_range_ps`` (low, high) limits the training windows' Δt in ps (see :func:`build_datasets`); it is saved
+    in the model's metadata.
     """
     if steps < 1 or batch_size < 1:
         raise StarMDError("--steps and --batch-size must be at least 1")
@@ -220,8 +225,13 @@ def train_from_folders(
             raise StarMDError("--violation-neighbours extends the violation penalty, which is off: give "
                               "--violation-weight W as well")
         config = config.replace(violation_neighbours=True)
+    if dt_range_ps is not None:
+        low, high = (float(v) for v in dt_range_ps)
+        if not 0.0 < low <= high:
+            raise StarMDError(f"--dt-range needs 0 < LOW <= HIGH, got {low:g} ps and {high:g} ps")
+        record["dt_range_ps"] = [low, high]
     train_data, val_data, unseen_data, record["held_out_systems"] = build_datasets(
-        data, config.window, val_fraction, val_systems, val_system_fraction, seed)
+        data, config.window, val_fraction, val_systems, val_system_fraction, seed, record.get("dt_range_ps"))
     config = fit_temperature(config, data_temperatures(train_data), temperature_condition, init is not None)
     options = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(warmup_steps, steps),
                            val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, progress=progress,
