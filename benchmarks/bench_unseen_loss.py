@@ -23,6 +23,7 @@ from openmm_starmd.atomic import atomic_write, atomic_write_json
 from openmm_starmd.data.dataset import TrajectoryWindows, collate_windows
 from openmm_starmd.data.sources import find_systems
 from openmm_starmd.diffusion.sampler import FrameDiffusion
+from openmm_starmd.errors import StarMDError
 from openmm_starmd.model.checkpoint import load_model, model_folder
 from openmm_starmd.train.objective import diffusion_loss
 
@@ -56,6 +57,8 @@ def main() -> None:
     parser.add_argument("--unseen-by", nargs="*", default=[], metavar="MODEL=NAME,NAME",
                         help="systems a model never trained on beyond its recorded held-out ones")
     parser.add_argument("--val-fraction", type=float, default=0.1)
+    parser.add_argument("--dt-range", type=float, nargs=2, metavar=("LOW_PS", "HIGH_PS"),
+                        help="score only windows whose frames are Δt apart within this range (ps; default: any Δt)")
     parser.add_argument("--batches", type=int, default=4)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--seed", type=int, default=1)
@@ -78,7 +81,12 @@ def main() -> None:
         # A system some model never saw is scored on all of it; otherwise on the tail every model held out.
         whole = any(system.name in unseen[m] for m in args.models)
         span = (0.0, 1.0) if whole else (1.0 - args.val_fraction, 1.0)
-        data = TrajectoryWindows([system], window=window, seed=args.seed, time_range=span)
+        try:
+            data = TrajectoryWindows([system], window=window, seed=args.seed, time_range=span,
+                                     dt_range_ps=None if args.dt_range is None else tuple(args.dt_range))
+        except StarMDError as err:  # a short tail cannot hold windows at a long --dt-range
+            print(f"{system.name}: skipped ({err})", flush=True)
+            continue
         gen = torch.Generator().manual_seed(args.seed)
         batches = [collate_windows([data[int(torch.randint(len(data), (), generator=gen))]
                                     for _ in range(args.batch_size)]) for _ in range(args.batches)]
@@ -98,9 +106,11 @@ def main() -> None:
                 summary[key] = {"systems": len(sel), "frame": float(np.mean([s["frame"] for s in sel])),
                                 "chi": float(np.mean(chis)) if chis else None}
     both = [r for r in rows if all(r["models"][m]["unseen"] for m in args.models)]
+    dt_text = ("random Δt as in training" if args.dt_range is None
+               else f"random Δt within {args.dt_range[0]:g}–{args.dt_range[1]:g} ps")
     lines = ["# Loss on the same windows: systems each model never trained on", "",
              f"Models: {', '.join(f'`{m}`' for m in args.models)}. {args.batches} batches of {args.batch_size} "
-             f"windows per system (window {window}, random Δt as in training), noise seed {args.seed}. Frame loss ="
+             f"windows per system (window {window}, {dt_text}), noise seed {args.seed}. Frame loss ="
              " rotation + translation + backbone terms of the training objective; χ = cross-entropy of the χ "
              "head (nats per torsion; uniform over 36 bins = 3.58). Systems unseen by a model are scored on "
              f"their whole trajectory, the others on the last {args.val_fraction:.0%} (in-time held out).", "",

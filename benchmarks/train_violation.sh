@@ -5,9 +5,11 @@
 # the tetrapeptides) with the five held-out tetrapeptides FIFI, HGDD, KPRY, NVRA, WWET kept out as whole
 # systems. Trajectories stay outside git.
 #
-#   SHARED=../shared/data/md bash benchmarks/train_violation.sh OUT [W] [more starmd train options]
+#   SHARED=../shared/data/md [EXTRA_SYSTEMS="DIR/NAME ..."] bash benchmarks/train_violation.sh OUT [W] [more options]
 #
-# The neighbour fine-tune (2026-12-02, not shipped or shipped: README) adds --violation-neighbours.
+# The neighbour fine-tune (2026-12-02, not shipped: README) adds --violation-neighbours; the Δt fine-tune adds
+# --dt-range 100ps 1us; the corpus fine-tune sets EXTRA_SYSTEMS to the 12 tetrapeptides of
+# benchmarks/corpus_tetrapeptides.sh.
 set -euo pipefail
 OUT=${1:?usage: train_violation.sh OUT [WEIGHT]}
 WEIGHT=${2:-30}
@@ -16,7 +18,7 @@ SHARED=${SHARED:-../shared/data/md}
 data=$(mktemp -d)
 init=$(mktemp -d)
 for f in model.json model.safetensors; do git show "e7a5136:openmm_starmd/weights/$f" > "$init/$f"; done
-for system in "$SHARED"/*/; do ln -s "$(realpath "$system")" "$data/$(basename "$system")"; done
+for system in "$SHARED"/*/ ${EXTRA_SYSTEMS:-}; do ln -s "$(realpath "$system")" "$data/$(basename "$system")"; done
 OMP_NUM_THREADS=1 starmd train "$data" -o "$OUT" --init "$init" --steps 1500 --batch-size 16 --lr 1e-4 --warmup 50 \
     --val-every 250 --checkpoint-every 250 --val-systems FIFI,HGDD,KPRY,NVRA,WWET --seed 0 --device cpu \
     --threads 1 --violation-weight "$WEIGHT" "$@"
