@@ -6,6 +6,7 @@ import json
 import shutil
 from pathlib import Path
 
+import mdtraj as md
 import pytest
 import torch
 import torch.distributed as dist
@@ -241,3 +242,16 @@ def test_dt_range_limits_the_training_windows_only(corpus, tmp_path, capsys):
     assert not (tmp_path / "bad").exists()
     assert main([*base, "-o", str(tmp_path / "m"), "--dt-range", "0.1ns", "1us"]) == 0
     assert json.loads((tmp_path / "m" / "model.json").read_text())["metadata"]["dt_range_ps"] == [100.0, 1e6]
+    assert "left out of training" not in capsys.readouterr().err
+
+
+def test_dt_range_names_the_trajectories_it_leaves_out(corpus, tmp_path, capsys):
+    mixed = tmp_path / "mixed"
+    shutil.copytree(corpus, mixed)
+    short = md.load(str(mixed / "AMRV" / "AMRV_R1.xtc"), top=str(mixed / "AMRV" / "AMRV.pdb"))[:100]
+    short.save_xtc(str(mixed / "AMRV" / "AMRV_R1.xtc"))  # 1 ns: no 4-frame window 400 ps apart
+    args = ["train", str(mixed), "-o", str(tmp_path / "m"), "--preset", "tiny", "--steps", "1", "--batch-size", "1",
+            "--threads", "1", "--dt-range", "400ps", "1us"]
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "1 trajectories hold no training window" in err and "AMRV" in err and "CLN" not in err

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import math
 import shutil
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -237,6 +238,10 @@ def train_from_folders(
                            val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, progress=progress,
                            workers=workers)
     ddp.init_from_env()
+    if train_data.skipped and ddp.rank_and_world()[0] == 0:
+        shown = ", ".join(train_data.skipped[:3]) + (", ..." if len(train_data.skipped) > 3 else "")
+        print(f"starmd: note: {len(train_data.skipped)} trajectories hold no training window of {config.window} "
+              f"frames at this Δt range and are left out of training ({shown})", file=sys.stderr)
     trainer = Trainer(config, train_data, val_data, output, options, collate_windows, resume=resume,
                       overwrite=overwrite, device=device, init_weights=init_weights, record=record,
                       unseen_data=unseen_data)
