@@ -17,6 +17,8 @@ from openmm_starmd.units import ns_per_day
 # why a raw proposal was invalid: frames that could not be mapped to atoms, or the first failed validity check
 RAW_FAILURES = (NONFINITE_PROPOSAL, BAD_ROTATION, CA_BREAK, CA_CLASH, HEAVY_CLASH)
 _BY_REASON = ("rejections", "raw_failures")  # the counters keyed by reason (dicts); the others are numbers
+_COUNTS = ("halvings", "proposals", "raw_valid", "relax_retries", "cycles")
+_SECONDS = ("model_s", "openmm_s", "wall_s")
 
 
 @dataclass
@@ -66,7 +68,7 @@ class CycleStats:
             mine = getattr(self, name)
             for key, value in getattr(other, name).items():
                 mine[key] = mine.get(key, 0) + value
-        for name in ("halvings", "proposals", "raw_valid", "relax_retries", "cycles", "model_s", "openmm_s", "wall_s"):
+        for name in _COUNTS + _SECONDS:
             setattr(self, name, getattr(self, name) + getattr(other, name))
 
     def to_dict(self) -> dict[str, Any]:
@@ -80,9 +82,9 @@ class CycleStats:
         stats = cls()
         for name in _BY_REASON:
             getattr(stats, name).update(data.get(name, {}))
-        for name in ("halvings", "proposals", "raw_valid", "relax_retries", "cycles"):
+        for name in _COUNTS:
             setattr(stats, name, int(data.get(name, 0)))
-        for name in ("model_s", "openmm_s", "wall_s"):
+        for name in _SECONDS:
             setattr(stats, name, float(data.get(name, 0.0)))
         return stats
 
