@@ -8,8 +8,8 @@
 #   SHARED=../shared/data/md [EXTRA_SYSTEMS="DIR/NAME ..."] bash benchmarks/train_violation.sh OUT [W] [more options]
 #
 # The neighbour fine-tune (2026-12-02, not shipped: README) adds --violation-neighbours; the Δt fine-tune adds
-# --dt-range 100ps 1us; the corpus fine-tune sets EXTRA_SYSTEMS to the 12 tetrapeptides of
-# benchmarks/corpus_tetrapeptides.sh.
+# --dt-range 100ps 1us; the corpus fine-tunes set EXTRA_SYSTEMS to the tetrapeptides of
+# benchmarks/corpus_tetrapeptides.sh (batch 1: nine; batches 1 and 2: twenty-three).
 set -euo pipefail
 OUT=${1:?usage: train_violation.sh OUT [WEIGHT]}
 WEIGHT=${2:-30}
