@@ -230,9 +230,10 @@ def train_from_folders(
         low, high = (float(v) for v in dt_range_ps)
         if not 0.0 < low <= high:
             raise StarMDError(f"--dt-range needs 0 < LOW <= HIGH, got {low:g} ps and {high:g} ps")
-        record["dt_range_ps"] = [low, high]
+        dt_range_ps = (low, high)
+        record["dt_range_ps"] = list(dt_range_ps)
     train_data, val_data, unseen_data, record["held_out_systems"] = build_datasets(
-        data, config.window, val_fraction, val_systems, val_system_fraction, seed, record.get("dt_range_ps"))
+        data, config.window, val_fraction, val_systems, val_system_fraction, seed, dt_range_ps)
     config = fit_temperature(config, data_temperatures(train_data), temperature_condition, init is not None)
     options = TrainOptions(steps=steps, batch_size=batch_size, lr=lr, warmup_steps=min(warmup_steps, steps),
                            val_every=val_every, checkpoint_every=checkpoint_every, seed=seed, progress=progress,
