@@ -9,6 +9,7 @@ import pytest
 import torch
 
 from openmm_starmd.diffusion import FrameDiffusion, R3Diffuser, SO3Diffuser, VPSchedule, sample_relative
+from openmm_starmd.frames.igso3 import SWITCH_SIGMA
 from openmm_starmd.frames.rigid import geodesic_distance, random_rotations, so3_exp
 from openmm_starmd.model.config import preset
 
@@ -84,6 +85,27 @@ def test_so3_reverse_process_contracts_to_target(deterministic):
     assert float(start) > 1.0
     # the mean angle of IGSO(3)(σ) for small σ is ≈ 2σ·sqrt(2/π) (Maxwell mean); allow generous slack
     assert float(end.mean()) < 4 * sigma_end * math.sqrt(2 / math.pi) + 0.02
+
+
+@pytest.mark.parametrize("deterministic", [False, True])
+def test_so3_reverse_step_traced_equals_eager(deterministic):
+    """Sampling (no autograd) runs the rotation step as a frozen trace per side of the score's σ switch; it must
+    give exactly the eager step's rotations, on both sides, with one generator per batch element."""
+    diff = FrameDiffusion(preset("tiny"))
+    gen = torch.Generator().manual_seed(5)
+    rot, target = random_rotations((2, 6), gen), random_rotations((2, 6), gen)
+    taus = [0.95, 0.9, 0.3, 0.25]  # σ above the switch (the cosine series), then below it (the image sum)
+    sigmas = [diff.so3.schedule.sigma_g2(t)[0] for t in taus]
+    assert sigmas[0] > SWITCH_SIGMA > sigmas[-1]
+    for tau in taus:
+        gens = [[torch.Generator().manual_seed(11 + b) for b in range(2)] for _ in range(2)]
+        eager = diff.so3.reverse_step(rot, target, tau, 0.05, gens[0], deterministic)
+        with torch.no_grad():
+            traced = diff.so3.reverse_step(rot, target, tau, 0.05, gens[1], deterministic)
+        assert torch.equal(traced, eager)
+        rot = eager
+    assert sorted(key[3] for key in diff.so3._traced) == [False, True]  # one trace per side of the switch
+    assert all(step is not None for step in diff.so3._traced.values())
 
 
 def test_sampler_is_reproducible_from_generator():

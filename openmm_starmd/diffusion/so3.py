@@ -7,12 +7,14 @@ which is what makes the sampler SE(3)-equivariant for a fixed generator seed.
 from __future__ import annotations
 
 import math
+import warnings
 
 import torch
+from torch import nn
 
 from openmm_starmd.diffusion.noise import Generators, igso3_sample, randn
 from openmm_starmd.diffusion.schedule import LogSigmaSchedule
-from openmm_starmd.frames.igso3 import IGSO3, angle_score
+from openmm_starmd.frames.igso3 import IGSO3, SWITCH_SIGMA, angle_score
 from openmm_starmd.frames.rigid import so3_exp, so3_log
 
 _IGSO3_CACHE: dict[tuple[float, float], IGSO3] = {}
@@ -24,6 +26,21 @@ def shared_igso3(sigma_min: float, sigma_max: float) -> IGSO3:
     if key not in _IGSO3_CACHE:
         _IGSO3_CACHE[key] = IGSO3(sigma_min=min(1e-3, sigma_min), sigma_max=max(4.0, sigma_max))
     return _IGSO3_CACHE[key]
+
+
+class _ReverseStep(nn.Module):
+    """The arithmetic of one reverse step in the tensor-only form :func:`torch.jit.trace` records:
+    ``(rot, rot0_hat[, z], σ, drift, noise) -> rot exp(score(σ) · drift [+ noise · z])``; σ, drift and noise
+    are 0-d float64 tensors, so one trace serves every step on the same side of the score's σ switch."""
+
+    def __init__(self, stochastic: bool) -> None:
+        super().__init__()
+        self.stochastic = stochastic
+
+    def forward(self, rot: torch.Tensor, rot0_hat: torch.Tensor, *t: torch.Tensor) -> torch.Tensor:
+        z, (sigma, drift, noise) = (t[0], t[1:]) if self.stochastic else (None, t)
+        step = SO3Diffuser._score_at(so3_log(rot0_hat.transpose(-1, -2) @ rot), sigma) * drift
+        return rot @ so3_exp(step if z is None else step + noise * z)
 
 
 class SO3Diffuser:
@@ -38,6 +55,8 @@ class SO3Diffuser:
     def __init__(self, sigma_min: float, sigma_max: float) -> None:
         self.schedule = LogSigmaSchedule(sigma_min, sigma_max)
         self.igso3 = shared_igso3(sigma_min, sigma_max)
+        # frozen traces of _ReverseStep per (shape, dtype, device, small σ, stochastic); None: tracing failed
+        self._traced: dict[tuple, torch.jit.ScriptModule | None] = {}
 
     def add_noise(
         self, rot0: torch.Tensor, tau: torch.Tensor, generator: Generators
@@ -95,6 +114,10 @@ class SO3Diffuser:
     ) -> torch.Tensor:
         """One geodesic Euler–Maruyama (or probability-flow) step from τ to τ − ``d_tau``.
 
+        Without autograd (sampling) the step's arithmetic runs as a frozen TorchScript trace kept per shape and
+        side of the score's σ switch: the same numbers, without Python's per-op overhead, which sets the cost
+        of a step on small proteins.
+
         Parameters
         ----------
         rot, rot0_hat
@@ -102,8 +125,30 @@ class SO3Diffuser:
         """
         # host floats: a sampler step's schedule is scalar, and tensor arithmetic on it costs ops
         sigma, g2 = self.schedule.sigma_g2(tau)
-        score = self._score_at(so3_log(rot0_hat.transpose(-1, -2) @ rot), sigma)
-        if deterministic:
-            return rot @ so3_exp(score * (0.5 * g2 * d_tau))
-        z = randn(tuple(rot.shape[:-1]), generator, rot.dtype, rot.device)
-        return rot @ so3_exp(score * (g2 * d_tau) + math.sqrt(g2 * d_tau) * z)
+        stochastic = not deterministic
+        z = randn(tuple(rot.shape[:-1]), generator, rot.dtype, rot.device) if stochastic else None
+        drift = g2 * d_tau if stochastic else 0.5 * g2 * d_tau
+        scalars = [torch.tensor(v, dtype=torch.float64, device=rot.device)
+                   for v in (sigma, drift, math.sqrt(g2 * d_tau))]
+        args = [rot, rot0_hat, *([z] if stochastic else []), *scalars]
+        step = _ReverseStep(stochastic)
+        if not torch.is_grad_enabled():  # sampling: the same arithmetic without Python's per-op overhead
+            key = (tuple(rot.shape), rot.dtype, rot.device, sigma < SWITCH_SIGMA, stochastic)
+            if key not in self._traced:
+                self._traced[key] = _trace(step, args)
+            if self._traced[key] is not None:
+                step = self._traced[key]
+        return step(*args)
+
+
+def _trace(step: _ReverseStep, args: list[torch.Tensor]) -> torch.jit.ScriptModule | None:
+    """The frozen trace of ``step`` at ``args``, or None (with a warning) where this torch build cannot trace it."""
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the σ switch is baked in: part of the key
+            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated; nothing replaces it on CPU
+            return torch.jit.freeze(torch.jit.trace(step.eval(), tuple(args), check_trace=False))
+    except (RuntimeError, AttributeError, NotImplementedError) as err:
+        warnings.warn(f"STAR-MD: could not trace the rotation reverse step ({err}); running it eagerly "
+                      "(same draws, slower)", RuntimeWarning, stacklevel=3)
+        return None

@@ -26,9 +26,9 @@ import torch
 
 from openmm_starmd.errors import StarMDError
 
-__all__ = ["IGSO3", "angle_score", "log_f_and_score"]
+__all__ = ["IGSO3", "SWITCH_SIGMA", "angle_score", "log_f_and_score"]
 
-_SWITCH_SIGMA = 1.0
+SWITCH_SIGMA = 1.0  # rad: below it the score takes the image sum, at and above it the cosine series
 _IMAGES = 2  # Poisson images k = -2..2; omitted terms are below exp(-100) relative for σ < 1.
 _L_MAX = 12  # cosine-series length; omitted terms are below exp(-80) relative for σ >= 1.
 _OMEGA_FLOOR = 1e-7  # keeps 0/0 limits at ω = 0 finite (rad)
@@ -82,7 +82,7 @@ def log_f_and_score(omega: torch.Tensor, sigma: torch.Tensor) -> tuple[torch.Ten
     """
     omega, sigma = torch.broadcast_tensors(omega.double(), torch.as_tensor(sigma, dtype=torch.float64))
     omega = omega.clamp(_OMEGA_FLOOR, math.pi)
-    small = sigma < _SWITCH_SIGMA
+    small = sigma < SWITCH_SIGMA
     # Each branch is evaluated only where it is used (cheaper, and no NaN from the other branch).
     log_f = torch.zeros_like(omega)
     dlog_f = torch.zeros_like(omega)
@@ -120,7 +120,7 @@ def angle_score(omega: torch.Tensor, sigma: torch.Tensor | float) -> torch.Tenso
         Noise scales ``[...]`` (> 0) broadcast against ``omega``, or one scale.
     """
     sigma = torch.as_tensor(sigma, dtype=torch.float64, device=omega.device)
-    if sigma.numel() != 1 or not float(sigma) < _SWITCH_SIGMA:
+    if sigma.numel() != 1 or not float(sigma) < SWITCH_SIGMA:
         return log_f_and_score(omega, sigma)[1]
     two_pi_k, minus_four_pi_k, minus_four_pi2_k2, sign = _image_constants(omega.device)
     omega = omega.double().clamp(_OMEGA_FLOOR, math.pi)
