@@ -1,11 +1,12 @@
 """Cost of one jump of the shipped model, traced (TorchScript, the default) against eager, by protein size.
 
 For each N (residues of a random-walk chain) it fills a rollout's history to the window, then times
-``--repeats`` jumps of ``--jump`` (drawn in the model's own steps, so the shipped 1 ns is four 250 ps
-steps of 20 sampler steps) with ``Rollout(traced=True)`` and ``traced=False`` from the same history and
-seed, and reports the median ms per jump, the speed-up and the largest difference between the two draws
-(nm). Writes JSON and Markdown. Run against an older checkout (``PYTHONPATH=OLD``) whose ``Rollout`` has
-no ``traced`` argument, it times that code's (eager) jumps alone, for a before/after comparison.
+``--repeats`` jumps of ``--jump`` (drawn in the model's own steps: the shipped 1 ns is four 250 ps steps of 20
+sampler steps, one step for a chain longer than ``max_step_residues``) with ``Rollout(traced=True)`` and
+``traced=False`` from the same history and seed, and reports the median ms per jump, the speed-up and the
+largest difference between the two draws (nm). Writes JSON and Markdown, naming the commit of the checkout it
+imported. Run against an older checkout (``PYTHONPATH=OLD``) for a before/after comparison; where that
+``Rollout`` has no ``traced`` argument, it times that code's (eager) jumps alone.
 
 Example::
 
@@ -20,11 +21,13 @@ import inspect
 import os
 import platform
 import statistics
+import subprocess
 import time
 from pathlib import Path
 
 import torch
 
+import openmm_starmd
 from openmm_starmd import load_model
 from openmm_starmd.atomic import atomic_write, atomic_write_json
 from openmm_starmd.frames.rigid import random_rotations
@@ -36,6 +39,16 @@ def _chain(N: int, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tens
     step = torch.randn(N, 3, generator=generator)
     trans = torch.cumsum(0.38 * step / step.norm(dim=-1, keepdim=True), 0)
     return random_rotations((N,), generator), trans
+
+
+def _code_revision() -> str:
+    """The git commit of the checkout ``openmm_starmd`` was imported from (``unknown`` outside git)."""
+    try:
+        out = subprocess.run(["git", "-C", str(Path(openmm_starmd.__file__).parent), "rev-parse", "--short", "HEAD"],
+                             capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+    return out.stdout.strip()
 
 
 def _row(model: torch.nn.Module, N: int, jump_ps: float, repeats: int) -> dict:
@@ -83,14 +96,18 @@ def main() -> None:
         print(rows[-1], flush=True)
     meta = {"package": str(Path(inspect.getfile(Rollout)).parent),
             "model": "default", "jump_ps": args.jump, "max_step_ps": model.config.max_step_ps,
+            "max_step_residues": model.config.max_step_residues, "code": _code_revision(),
             "sampler_steps": model.config.num_sampler_steps, "torch_threads": 1, "torch": torch.__version__,
             "cpu": platform.processor() or platform.machine(), "load_1min": os.getloadavg()[0],
             "date": time.strftime("%Y-%m-%d")}
     atomic_write_json(Path(args.json), {"meta": meta, "rows": rows})
+    longest = (f" for chains of at most {meta['max_step_residues']} residues (one step a jump above)"
+               if meta["max_step_residues"] else "")
     lines = [f"# One jump of the shipped model: traced against eager ({meta['date']})", "",
-             f"{args.jump:g} ps jump in model steps of {meta['max_step_ps']:g} ps, {meta['sampler_steps']} sampler "
-             f"steps each, 1 torch thread, history filled to the window; median of {args.repeats} jumps "
-             f"(load {meta['load_1min']:.1f} at the end). `python benchmarks/bench_evaluation.py` reproduces it.", "",
+             f"{args.jump:g} ps jump in model steps of {meta['max_step_ps']:g} ps{longest}, {meta['sampler_steps']} "
+             f"sampler steps each, code {meta['code']}, 1 torch thread, history filled to the window; median of "
+             f"{args.repeats} jumps (load {meta['load_1min']:.1f} at the end). "
+             "`python benchmarks/bench_evaluation.py` reproduces it.", "",
              "| N residues | traced ms/jump | eager ms/jump | speed-up | max draw difference nm |",
              "|---|---|---|---|---|"]
     lines += [f"| {r['N']} | {r.get('traced_ms', float('nan')):.0f} | {r['eager_ms']:.0f} | "
