@@ -4,7 +4,6 @@ sampler (:func:`sample_full_history`) that the cached :class:`~openmm_starmd.rol
 
 from __future__ import annotations
 
-import warnings
 from dataclasses import replace
 
 import torch
@@ -12,6 +11,7 @@ from torch import nn
 
 from openmm_starmd.diffusion.sampler import FrameDiffusion, sample_relative
 from openmm_starmd.frames.rigid import superpose_chain
+from openmm_starmd.jit import frozen_trace
 from openmm_starmd.model.network import KVCache, StarMDNetwork, TrunkContext, log_dt_tensor
 from openmm_starmd.model.tokens import Residues, absolute, apply_frame_noise, clean_inputs, frame_noise, noisy_inputs
 
@@ -56,19 +56,6 @@ class _Evaluation(nn.Module):
         h, _ = self.net.run(ctx, feats, n_rot, n_trans, mods)
         rot0, x0, chi = self.net.heads(h, rel_rot, x, sig_rot, alpha, sig_tr)
         return (rot0, x0) if chi is None else (rot0, x0, chi)
-
-
-def _traced(evaluation: _Evaluation, inputs: list[torch.Tensor]) -> torch.jit.ScriptModule | None:
-    """The frozen trace of ``evaluation``, or None (with a warning) where this torch build cannot trace it."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated; nothing replaces it on CPU
-            return torch.jit.freeze(torch.jit.trace(evaluation.eval(), tuple(inputs), check_trace=False))
-    except (RuntimeError, AttributeError, NotImplementedError) as err:
-        warnings.warn(f"STAR-MD: could not trace the network evaluation ({err}); running it eagerly "
-                      "(same draws, slower)", RuntimeWarning, stacklevel=2)
-        return None
 
 
 def make_denoiser(
@@ -122,7 +109,8 @@ def make_denoiser(
             inputs += [t for kv in (ctx.past or []) for t in kv] + [m for group in mods for m in group]
             key = (B, 0 if cache is None else cache.num_frames)
             if key not in traced:
-                traced[key] = _traced(_Evaluation(net, res, ctx, [len(group) for group in mods]), inputs)
+                traced[key] = frozen_trace(_Evaluation(net, res, ctx, [len(group) for group in mods]), inputs,
+                                            "the network evaluation")
             if traced[key] is not None:
                 out = traced[key](*inputs)
                 denoise.chi_logits = out[2] if len(out) == 3 else None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 import math
+import warnings
 
 import pytest
 import torch
@@ -106,6 +107,26 @@ def test_so3_reverse_step_traced_equals_eager(deterministic):
         rot = eager
     assert sorted(key[3] for key in diff.so3._traced) == [False, True]  # one trace per side of the switch
     assert all(step is not None for step in diff.so3._traced.values())
+
+
+def test_so3_reverse_step_that_cannot_be_traced_runs_eagerly_with_a_warning(monkeypatch):
+    diff = FrameDiffusion(preset("tiny"))
+    gen = torch.Generator().manual_seed(6)
+    rot, target = random_rotations((2, 4), gen), random_rotations((2, 4), gen)
+    gens = [[torch.Generator().manual_seed(21 + b) for b in range(2)] for _ in range(3)]
+    want = diff.so3.reverse_step(rot, target, 0.5, 0.05, gens[0], False)
+
+    def refuse(*args, **kwargs):
+        raise RuntimeError("tracing unsupported here")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    with torch.no_grad(), pytest.warns(RuntimeWarning, match="could not trace the rotation reverse step"):
+        got = diff.so3.reverse_step(rot, target, 0.5, 0.05, gens[1], False)
+    assert list(diff.so3._traced.values()) == [None]  # asked once, remembered as eager
+    with torch.no_grad(), warnings.catch_warnings():
+        warnings.simplefilter("error")  # no second attempt, no second warning
+        again = diff.so3.reverse_step(rot, target, 0.5, 0.05, gens[2], False)
+    assert torch.equal(got, want) and torch.equal(again, want)
 
 
 def test_sampler_is_reproducible_from_generator():

@@ -7,7 +7,6 @@ which is what makes the sampler SE(3)-equivariant for a fixed generator seed.
 from __future__ import annotations
 
 import math
-import warnings
 
 import torch
 from torch import nn
@@ -16,6 +15,7 @@ from openmm_starmd.diffusion.noise import Generators, igso3_sample, randn
 from openmm_starmd.diffusion.schedule import LogSigmaSchedule
 from openmm_starmd.frames.igso3 import IGSO3, SWITCH_SIGMA, angle_score
 from openmm_starmd.frames.rigid import so3_exp, so3_log
+from openmm_starmd.jit import frozen_trace
 
 _IGSO3_CACHE: dict[tuple[float, float], IGSO3] = {}
 
@@ -135,20 +135,7 @@ class SO3Diffuser:
         if not torch.is_grad_enabled():  # sampling: the same arithmetic without Python's per-op overhead
             key = (tuple(rot.shape), rot.dtype, rot.device, sigma < SWITCH_SIGMA, stochastic)
             if key not in self._traced:
-                self._traced[key] = _trace(step, args)
+                self._traced[key] = frozen_trace(step, args, "the rotation reverse step")
             if self._traced[key] is not None:
                 step = self._traced[key]
         return step(*args)
-
-
-def _trace(step: _ReverseStep, args: list[torch.Tensor]) -> torch.jit.ScriptModule | None:
-    """The frozen trace of ``step`` at ``args``, or None (with a warning) where this torch build cannot trace it."""
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore", torch.jit.TracerWarning)  # the σ switch is baked in: part of the key
-            warnings.simplefilter("ignore", DeprecationWarning)  # torch.jit is deprecated; nothing replaces it on CPU
-            return torch.jit.freeze(torch.jit.trace(step.eval(), tuple(args), check_trace=False))
-    except (RuntimeError, AttributeError, NotImplementedError) as err:
-        warnings.warn(f"STAR-MD: could not trace the rotation reverse step ({err}); running it eagerly "
-                      "(same draws, slower)", RuntimeWarning, stacklevel=3)
-        return None
