@@ -21,7 +21,9 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
+import sys
 import time
 from pathlib import Path
 
@@ -38,6 +40,9 @@ from openmm_starmd.forcefields import PRESETS, build_system, fastest_platform, m
 from openmm_starmd.simulation.relax import RelaxSettings
 from openmm_starmd.simulation.run import run_simulation
 from openmm_starmd.units import ns_per_day
+
+sys.path.insert(0, str(Path(__file__).parent))
+from bench_fidelity import model_sha256  # sibling benchmark script, not a package
 
 PRESET = "implicit-fast"
 STRUCTURES = Path(__file__).resolve().parents[1] / ".." / "shared" / "data" / "structures"
@@ -116,7 +121,8 @@ def run_one(name: str, protocol: str, time_ps: float, jump_ps: float, md_ps: flo
     plain = plain_md(out / "topology.pdb", md_ps, seed)
     hybrid_ns_day = record.get("speed", {}).get("ns_per_day", float("nan"))
     return {
-        "system": name, "protocol": protocol, "model": model, "relax": relax.describe(), "status": status,
+        "system": name, "protocol": protocol, "model": model, "model_sha256": model_sha256(model),
+        "load_1min": os.getloadavg()[0], "relax": relax.describe(), "status": status,
         "validity": record.get("validity"), "side_chains": record.get("side_chains"),
         "model_max_step_ps": record["settings"].get("model_max_step_ps"),
         "time_ps": time_ps, "jump_ps": jump_ps, "seed": seed, "jumps_done": done, "halvings": record.get("halvings", 0),
@@ -133,12 +139,19 @@ def _series(values: list[float], every: int = 5) -> str:
     return " ".join(f"{v:.2f}" for v in values[every - 1::every])
 
 
+def _model_label(entry: dict) -> str:
+    """The row's model, with the first 8 hex digits of its weights' sha256 where the part recorded them."""
+    sha = entry.get("model_sha256")
+    return entry.get("model", "default") + (f" ({sha[:8]})" if sha else "")
+
+
 def collect(parts: Path, out: Path) -> None:
     entries = [json.loads(p.read_text()) for p in sorted(parts.glob("*.json"))]
     atomic_write_json(out.with_suffix(".json"), {"runs": entries})
     lines = ["# Transfer to reserved mini-proteins (never trained on): 1 ns jumps", "",
-             "Hybrid: `run_simulation` (what `starmd simulate` runs) with `implicit-fast`, seed per row, on the shared "
-             "2-core CPU (heavily loaded while measured: timings pessimistic, ratio measured in the same process). "
+             "Hybrid: `run_simulation` (what `starmd simulate` runs) with `implicit-fast`, seed per row, on a "
+             "2-core CPU often shared with other jobs (`load`: the 1-min load average at the end of the row, – where "
+             "not recorded): timings pessimistic, the ratio measured in one process. "
              "Plain MD: the same prepared structure, minimised, Langevin 4 fs, length per row. CA RMSD to the prepared "
              "start after superposition. `before` = relaxation shipped before this change (no clash relief, "
              "1 ps MD); `clash_relief` = the same plus the clash-relief stage; `default` = `RelaxSettings()` when "
@@ -151,8 +164,8 @@ def collect(parts: Path, out: Path) -> None:
              "(`RelaxSettings.retry_minimize_iterations`, since 2026-12-02; – before).", "",
              "| system | model | protocol | model step | frames | proposals | rejected | by reason | relax retries "
              "| raw valid | max CA RMSD hybrid (nm) | plain MD: length, max CA RMSD | hybrid ns/day | plain ns/day "
-             "| speed ratio | goals (≤5 %, ≤0.3 nm) |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "| speed ratio | load | goals (≤5 %, ≤0.3 nm) |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for e in entries:
         reasons = ", ".join(f"{k} {v}" for k, v in e["rejections"].items() if v) or "–"
         goals = "met" if all(e["goals"].values()) else ", ".join(k for k, v in e["goals"].items() if not v) + " missed"
@@ -161,15 +174,16 @@ def collect(parts: Path, out: Path) -> None:
         step = e.get("model_max_step_ps")
         step = "–" if step is None else ("whole jump" if step == 0 else f"{step:g} ps")
         retries = (e.get("validity") or {}).get("relax_retries", "–")
-        lines.append(f"| {e['system']} | {e.get('model', 'default')} | {e['protocol']} | {step} | {e['jumps_done']} | "
+        load = "–" if e.get("load_1min") is None else f"{e['load_1min']:.1f}"
+        lines.append(f"| {e['system']} | {_model_label(e)} | {e['protocol']} | {step} | {e['jumps_done']} | "
                      f"{e['proposals']} | {e['rejected_fraction']:.1%} | {reasons} | {retries} | {raw} | "
                      f"{e['max_ca_rmsd_nm']:.3f} | "
                      f"{e['plain_md']['length_ps']:.0f} ps, {e['plain_md']['max_ca_rmsd_nm']:.3f} | "
                      f"{e['hybrid_ns_per_day']:,.0f} | {e['plain_md']['ns_per_day']:.0f} | "
-                     f"{e['speed_ratio']:.0f}× | {goals} |")
+                     f"{e['speed_ratio']:.0f}× | {load} | {goals} |")
     lines += ["", "CA RMSD to the start (nm), every 5th frame (hybrid: every 5 ns; plain MD: every 5 ps):", ""]
     for e in entries:
-        lines.append(f"- {e['system']} {e.get('model', 'default')} {e['protocol']}: hybrid {_series(e['ca_rmsd_nm'])}; "
+        lines.append(f"- {e['system']} {_model_label(e)} {e['protocol']}: hybrid {_series(e['ca_rmsd_nm'])}; "
                      f"plain MD {_series(e['plain_md']['ca_rmsd_nm'])}"
                      + (f" ({e['status']})" if e["status"] != "complete" else ""))
     with atomic_write(out.with_suffix(".md")) as handle:
