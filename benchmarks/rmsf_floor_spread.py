@@ -18,7 +18,10 @@ import mdtraj as md
 import numpy as np
 
 from openmm_starmd.analysis.ensemble import compare_ensemble, fit_ensemble_reference
+from openmm_starmd.analysis.size_matched import even_indices
 from openmm_starmd.atomic import atomic_write, atomic_write_json
+from openmm_starmd.data.sources import atlas_system
+from openmm_starmd.errors import StarMDError
 
 
 def main() -> None:
@@ -32,10 +35,11 @@ def main() -> None:
     args = parser.parse_args()
 
     folder = Path(args.reference)
-    top = folder / f"{folder.name}.pdb"
-    replicas = [md.load(str(x), top=str(top)) for x in sorted(folder.glob(f"{folder.name}_R*.xtc"))]
-    if not replicas:
-        raise SystemExit(f"error: no {folder.name}_R*.xtc in {folder}: give --reference an ATLAS folder")
+    try:
+        system = atlas_system(folder)
+    except StarMDError as exc:
+        raise SystemExit(f"error: {exc}") from None
+    replicas = [md.load(str(r.path), top=str(system.topology_path)) for r in system.replicas]
     seconds = [t[t.n_frames // 2:] for t in replicas]
     pool = md.join([t[: t.n_frames // 2] for t in replicas])
     target = fit_ensemble_reference(seconds)
@@ -44,7 +48,7 @@ def main() -> None:
     def score(idx: np.ndarray) -> float:
         return float(compare_ensemble(target, pool[idx], pairwise=False, w2=False)["rmsf_pearson_r"])
 
-    floor = score(np.unique(np.linspace(0, n - 1, k).round().astype(int)))  # the frontier's own thinning
+    floor = score(even_indices(n, k))  # the frontier's own thinning
     stride = n / k
     thinned = [score(np.minimum((np.arange(k) * stride + off).astype(int), n - 1)) for off in range(int(stride))]
     rng = np.random.default_rng(args.seed)

@@ -86,7 +86,8 @@ class SizeMatched:
                 "ratio": {k: self.ratio(k) for k in self.generated}, "target": self.target, "info": self.info}
 
 
-def _even(n_total: int, n: int) -> np.ndarray:
+def even_indices(n_total: int, n: int) -> np.ndarray:
+    """(≤ n,) sorted indices of ``n`` frames spread evenly over ``n_total``, first and last kept (the size matching)."""
     return np.unique(np.linspace(0, n_total - 1, n).round().astype(int))
 
 
@@ -146,7 +147,7 @@ def size_matched(samples: Sequence[md.Trajectory], references: Sequence[md.Traje
     if n < MIN_FRAMES or min(t.n_frames for t in seconds) < 4:
         raise StarMDError(f"size-matched comparison needs at least {MIN_FRAMES} frames on each side (generated "
                           f"{n_gen}, reference first halves {n_first}): give longer trajectories")
-    gen_idx, md_idx = _even(n_gen, n), _even(n_first, n)
+    gen_idx, md_idx = even_indices(n_gen, n), even_indices(n_first, n)
     gen = _pooled(samples)[gen_idx]
     md_first = _pooled(firsts)[md_idx]
 
